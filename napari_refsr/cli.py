@@ -1,0 +1,276 @@
+"""The ``refsr`` command: ×4 reference-based super-resolution of image files.
+
+::
+
+    refsr upscale LR.png REF.png [REF2.png ...] -o OUT.png [--model NAME|PATH] [--tile N]
+          [--device D] [--half] [--confidence CONF.png] [--source SOURCE.tif] [--quiet]
+    refsr weights list
+    refsr weights fetch NAME
+
+A multi-page TIFF LR is a stack: every page is upscaled against the same references and the result
+is a multi-page TIFF. Outputs keep the LR's dtype and channels; a TIFF's resolution is multiplied by
+4 so the upscaled image covers the same physical area. ``--confidence`` writes the soft-attention
+map S (float32 in a TIFF; 0–255 for S in [0, 1] in a PNG/JPEG); ``--source`` writes (TIFF only) an
+int32 map with, per LR pixel, the reference number and the (row, column) its texture came from.
+
+Exit status: 0 success; 2 usage or input error (bad file, image, option, checkpoint or weights —
+any :class:`~napari_refsr.RefSRError`); 1 other I/O error or out of memory; 130 interrupted. Errors
+are one line ``refsr: error: <message>`` on stderr, and no output file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
+from .errors import Cancelled, RefSRError
+from .normalize import check_image
+
+PROG = "refsr"
+SCALE = 4
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as our one-line message (exit 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = _Parser(prog=PROG, description="Reference-based ×4 image super-resolution (TTSR).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    up = sub.add_parser("upscale", help="upscale an image (or a TIFF stack) ×4 using reference images",
+                        description="Upscale LR ×4 with texture transferred from one or more reference images.")
+    up.add_argument("lr", metavar="LR", help="low-resolution image: PNG, JPEG or TIFF (multi-page = stack)")
+    up.add_argument("refs", metavar="REF", nargs="+", help="one or more high-resolution reference images")
+    up.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="output file (.png, .jpg or .tif); stacks, 16-bit colour and float need .tif")
+    up.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
+                    help="registry name (see 'refsr weights list') or checkpoint file (default: %(default)s)")
+    up.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE, metavar="N",
+                    help="tile size in LR pixels; smaller uses less memory (default: %(default)s)")
+    up.add_argument("--device", default="auto", metavar="D",
+                    help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    up.add_argument("--half", action="store_true", help="half precision on CUDA (faster, less memory)")
+    up.add_argument("--confidence", metavar="CONF", default=None,
+                    help="also write the confidence map S at output size")
+    up.add_argument("--source", metavar="SOURCE.tif", default=None,
+                    help="also write the texture source map (reference, row, column per LR pixel; TIFF only)")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    up.set_defaults(func=_cmd_upscale)
+
+    w = sub.add_parser("weights", help="list or download named model weights")
+    wsub = w.add_subparsers(dest="weights_command", metavar="ACTION", parser_class=_Parser)
+    wsub.required = True
+    wl = wsub.add_parser("list", help="show the known weights and whether they are downloaded")
+    wl.set_defaults(func=_cmd_weights_list)
+    wf = wsub.add_parser("fetch", help="download (and verify) weights by name")
+    wf.add_argument("name", metavar="NAME")
+    wf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    wf.set_defaults(func=_cmd_weights_fetch)
+    return parser
+
+
+# ------------------------------------------------------------------------------------ upscale
+
+
+def _layout(meta: dict, ndim: int) -> tuple[tuple[int, int], int | None, str]:
+    """(spatial_axes, channel_axis, axes) of an LR array from its reader metadata."""
+    axes = meta.get("axes") or ""
+    if len(axes) != ndim:
+        axes = ("Q" * (ndim - 3) + "YXS") if meta.get("has_channels") else ("Q" * (ndim - 2) + "YX")
+    if axes.endswith("S"):
+        return (ndim - 3, ndim - 2), ndim - 1, axes
+    return (ndim - 2, ndim - 1), None, axes
+
+
+def _check_slices(array: np.ndarray, has_channels: bool, what: str) -> None:
+    """The core's image check on every 2D slice, naming the file (before any long work starts)."""
+    plane = array.shape[-3:] if has_channels else array.shape[-2:]
+    for image in array.reshape((-1,) + plane):
+        check_image(image, what)
+
+
+def _read_reference(path: str) -> np.ndarray:
+    ref, meta = imageio.read_image_with_meta(path)
+    if meta.get("is_stack"):
+        raise RefSRError(f"reference {path} is a stack of shape {ref.shape}; a reference must be one 2D image "
+                         "(save the page you want as its own file)")
+    _check_slices(ref, ref.ndim == 3, f"reference {path}")
+    return ref
+
+
+def _is_tiff(path: str) -> bool:
+    return imageio.SUFFIXES.get(Path(path).suffix.lower()) == "tiff"
+
+
+def _confidence_for(path: str, conf: np.ndarray) -> np.ndarray:
+    """float32 for TIFF; 8-bit (S in [0, 1] → 0..255) for PNG/JPEG, which cannot hold floats."""
+    if _is_tiff(path):
+        return conf.astype(np.float32)
+    return np.round(np.clip(conf, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class _Progress:
+    """A tqdm bar on stderr fed by the core's progress(done, total) callback."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            try:  # a terminal that reports no size (some CI ptys) would get an empty bar
+                ncols = os.get_terminal_size(sys.stderr.fileno()).columns or 80
+            except (OSError, ValueError, AttributeError):
+                ncols = 80
+            self.bar = tqdm(total=total, unit="tile", file=sys.stderr, desc=PROG, leave=False, ncols=ncols)
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cmd_upscale(args: argparse.Namespace) -> int:
+    show_bar = not args.quiet and sys.stderr.isatty()
+    lr, meta = imageio.read_image_with_meta(args.lr)
+    spatial, channel_axis, axes = _layout(meta, lr.ndim)
+    _check_slices(lr, channel_axis is not None, f"image {args.lr}")
+    refs = [_read_reference(p) for p in args.refs]
+
+    # Check every output before the long work: a bad name fails now, not after minutes.
+    out_shape = list(lr.shape)
+    for a in spatial:
+        out_shape[a] *= SCALE
+    plain_axes = axes[:-1] if channel_axis is not None else axes
+    plain_shape = tuple(s for i, s in enumerate(out_shape) if i != channel_axis)
+    lr_plain_shape = tuple(s for i, s in enumerate(lr.shape) if i != channel_axis)
+    out_meta = imageio.upscaled_meta(meta, SCALE)
+    conf_meta = dict(out_meta, axes=plain_axes, has_channels=False)
+    src_meta = dict(meta, axes=plain_axes + "S", has_channels=True, photometric="minisblack")
+    imageio.check_writable(args.output, tuple(out_shape), lr.dtype, meta=out_meta)
+    if args.confidence:
+        conf_dtype = np.float32 if _is_tiff(args.confidence) else np.uint8
+        imageio.check_writable(args.confidence, plain_shape, conf_dtype, meta=conf_meta)
+    if args.source:
+        imageio.check_writable(args.source, lr_plain_shape + (3,), np.int32, meta=src_meta)
+
+    model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
+    bar = _Progress(show_bar)
+    try:
+        result = upscale_nd(model, lr, refs, spatial_axes=spatial, channel_axis=channel_axis,
+                            tile=args.tile, device=args.device, progress=bar)
+    finally:
+        bar.close()
+
+    outputs = [(args.output, result.image, out_meta)]
+    if args.confidence:
+        outputs.append((args.confidence, _confidence_for(args.confidence, result.confidence), conf_meta))
+    if args.source:
+        outputs.append((args.source, result.source.astype(np.int32), src_meta))
+    written: list[Path] = []
+    try:
+        for path, array, meta_out in outputs:
+            written.append(imageio.write_image(path, array, meta=meta_out))
+    except BaseException:
+        for path in written:  # all or nothing: no output of a failed run stays behind
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    if not args.quiet:
+        print(f"{PROG}: wrote {args.output} {tuple(result.image.shape)} {result.image.dtype}", file=sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ weights
+
+
+def _cmd_weights_list(args: argparse.Namespace) -> int:
+    rows = weights.list_weights()
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        state = "cached" if r.get("cached") else "not downloaded"
+        print(f"{r['name']:<{width}}  {state:<14}  {r.get('description', '')}")
+        print(f"{'':<{width}}  {'':<14}  {r.get('path', '')}")
+    return EXIT_OK
+
+
+def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    path = weights.fetch(args.name, progress=not args.quiet and sys.stderr.isatty())
+    print(path)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {_one_line(message) if isinstance(message, Warning) else message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the ``refsr`` script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except RefSRError as err:  # includes WeightsError
+            status, text = EXIT_USAGE, _one_line(err)
+        except Cancelled:
+            status, text = EXIT_INTERRUPTED, "cancelled"
+        except KeyboardInterrupt:
+            status, text = EXIT_INTERRUPTED, "interrupted"
+        except MemoryError:
+            status, text = EXIT_FAILURE, "out of memory; use a smaller --tile or smaller images"
+        except OSError as err:
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            status, text = EXIT_FAILURE, f"{where}{err.strerror or _one_line(err)}"
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

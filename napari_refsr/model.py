@@ -1,0 +1,121 @@
+"""A loaded RefSR model: the network, its architecture config, where it came from, its device.
+
+``load_model`` accepts a registry name (downloaded and hash-checked by :mod:`.weights`) or a
+checkpoint path in any supported format, builds the matching architecture and loads the weights
+strictly. Loaded models are cached, so front ends that run many times load once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import weights
+from .archs.ttsr import TTSR, TTSRConfig
+from .devices import choose_device
+from .errors import RefSRError, WeightsError
+
+__all__ = ["RefSRModel", "load_model", "build_network", "ARCHITECTURES", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "ttsr-rec"
+
+# arch name → (config class, network class); every network offers encode_references/forward_bank
+ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {"ttsr": (TTSRConfig, TTSR)}
+
+
+def build_network(config: dict) -> torch.nn.Module:
+    """An untrained network of the architecture described by ``config`` (``config["arch"]``)."""
+    arch = config.get("arch", "ttsr")
+    if arch not in ARCHITECTURES:
+        raise RefSRError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    config_cls, net_cls = ARCHITECTURES[arch]
+    names = set(config_cls.__dataclass_fields__)
+    try:
+        cfg = config_cls(**{k: v for k, v in config.items() if k in names})
+    except (TypeError, ValueError) as err:
+        raise RefSRError(f"invalid {arch} architecture config {config}: {err}") from err
+    return net_cls(cfg)
+
+
+@dataclass
+class RefSRModel:
+    """A network ready for inference, with the facts front ends show and cache on."""
+
+    network: torch.nn.Module
+    config: dict
+    name: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    half: bool = False
+    meta: dict = field(default_factory=dict)
+    scale: int = 4
+
+    @property
+    def arch(self) -> str:
+        return self.config.get("arch", "ttsr")
+
+    def to(self, device: str | torch.device = "auto", half: bool | None = None) -> "RefSRModel":
+        """Move the network (in place) to ``device``; fp16 only where it helps (CUDA)."""
+        dev = choose_device(device)
+        use_half = self.half if half is None else bool(half)
+        use_half = use_half and dev.type == "cuda"
+        self.network.to(device=dev, dtype=torch.float16 if use_half else torch.float32)
+        self.device, self.half = dev, use_half
+        return self
+
+    def __repr__(self) -> str:
+        return f"RefSRModel({self.name!r}, arch={self.arch}, device={self.device}, half={self.half})"
+
+
+_CACHE: dict[tuple, RefSRModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _resolve(source: str | Path | None, cache_dir, progress: bool) -> tuple[Path, str]:
+    if source is None or source == "":
+        source = DEFAULT_MODEL
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        return path, path.name
+    if str(source) in weights.REGISTRY:
+        return weights.fetch(str(source), cache_dir=cache_dir, progress=progress), str(source)
+    if path.suffix or path.parent != Path("."):
+        raise WeightsError(f"checkpoint file not found: {path}")
+    known = ", ".join(sorted(weights.REGISTRY))
+    raise WeightsError(f"{source!r} is neither a checkpoint file nor a known model name ({known})")
+
+
+def load_model(
+    source: str | Path | None = None,
+    *,
+    device: str | torch.device = "auto",
+    half: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    cache: bool = True,
+) -> RefSRModel:
+    """Load a registry model by name, or a checkpoint file, onto ``device`` (strict key match)."""
+    path, name = _resolve(source, cache_dir, progress)
+    dev = choose_device(device)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(dev), bool(half))
+    with _CACHE_LOCK:
+        if cache and key in _CACHE:
+            return _CACHE[key].to(dev, half)
+    ckpt = weights.read_checkpoint(path)
+    network = build_network(ckpt.config)
+    try:
+        network.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3])
+        raise WeightsError(f"checkpoint {path} does not fit the {ckpt.config.get('arch', 'ttsr')} "
+                           f"architecture {ckpt.config}: {detail[:300]}") from err
+    network.eval().requires_grad_(False)
+    model = RefSRModel(network, dict(ckpt.config), name, meta=dict(ckpt.meta or {})).to(dev, half)
+    if cache:
+        with _CACHE_LOCK:
+            _CACHE[key] = model
+    return model

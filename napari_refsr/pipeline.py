@@ -1,0 +1,281 @@
+"""Inference: numpy images in, numpy images out, for every front end.
+
+Steps: validate and normalise the LR image and the references (:mod:`.normalize`); crop each
+reference to a multiple of 4 and make Ref↓↑ with PIL-exact bicubic (:mod:`.resize`); encode the
+reference set once; run the network tile by tile over the LR image (LR↑ made per tile from the
+LR crop plus a margin, identical to resizing the whole image); blend tiles (:mod:`.tiling`);
+map the result back to the input's dtype and channels. On out-of-memory the tile and the search
+budget are halved and the slice is redone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import search as ts
+from .devices import choose_device, is_out_of_memory, release_memory
+from .errors import Cancelled, RefSRError
+from .model import RefSRModel
+from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore
+from .resize import down_up, resize_bicubic
+from .tiling import Blender, plan_tiles
+
+DEFAULT_TILE = 128  # LR pixels
+DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles
+MIN_TILE = 32
+MIN_REF = 16  # reference pixels (a 4×4 grid of searchable patches)
+_LR_MARGIN = 3  # LR pixels of context that make a tile's LR↑ equal the whole image's
+
+Progress = Callable[[int, int], None]
+Cancel = Callable[[], bool]
+
+__all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "DEFAULT_TILE", "DEFAULT_OVERLAP"]
+
+
+@dataclass
+class UpscaleResult:
+    """Output of a run: the ×4 image, the confidence S at output size, and where textures came from."""
+
+    image: np.ndarray  # input dtype and channels, spatial axes ×4
+    confidence: np.ndarray  # float32, spatial axes ×4: the soft attention S (max relevance)
+    source: np.ndarray  # int32 (..., H, W, 3) at LR size: reference number, row, column (ref pixels)
+    tile: int  # the tile size that finally ran (smaller than asked after an out-of-memory retry)
+
+
+def _as_list(ref) -> list:
+    if isinstance(ref, (list, tuple)):
+        return list(ref)
+    return [ref]
+
+
+def _to_net(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels / 127.5 - 1.0
+
+
+class _Engine:
+    """The network on its device with the reference set encoded once; runs LR tiles."""
+
+    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half, budget: int):
+        self.model = model.to(device if device is not None else model.device, half)
+        self.device = self.model.device
+        self.dtype = torch.float16 if self.model.half else torch.float32
+        self.net = self.model.network
+        self.net.search_budget = budget
+        ref_t, ref_du = [], []
+        self.ref_shapes = []
+        for p in refs:
+            h, w = (p.pixels.shape[1] // 4) * 4, (p.pixels.shape[2] // 4) * 4
+            pix = p.pixels[:, :h, :w].to(self.device, torch.float32)
+            ref_t.append(_to_net(pix)[None].to(self.dtype))
+            ref_du.append(_to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
+            self.ref_shapes.append((h // 4, w // 4))
+        with torch.inference_mode():
+            self.bank = self.net.encode_references(ref_t, ref_du)[0]
+
+    def run(self, lr: Prepared, tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SR (3, 4h, 4w), S (h, w) and index (h, w) for one tile of the LR image."""
+        _, H, W = lr.pixels.shape
+        y0, y1 = max(0, tile.y0 - _LR_MARGIN), min(H, tile.y1 + _LR_MARGIN)
+        x0, x1 = max(0, tile.x0 - _LR_MARGIN), min(W, tile.x1 + _LR_MARGIN)
+        crop = lr.pixels[:, y0:y1, x0:x1].to(self.device, torch.float32)
+        up = resize_bicubic(crop, ((y1 - y0) * 4, (x1 - x0) * 4), quantize=lr.quantize)
+        ty, tx = tile.y0 - y0, tile.x0 - x0
+        th, tw = tile.y1 - tile.y0, tile.x1 - tile.x0
+        lr_t = _to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(self.dtype)
+        up_t = _to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(self.dtype)
+        with torch.inference_mode():
+            out = self.net.forward_bank(lr_t, up_t, [self.bank])
+        return (out[0][0].float().cpu().numpy(), out.S[0, 0].float().cpu().numpy(),
+                out.index[0].cpu().numpy())
+
+
+def _prepare_refs(refs, lr: Prepared, percentiles, value_range) -> list[Prepared]:
+    refs = _as_list(refs)
+    if not refs:
+        raise RefSRError("at least one reference image is needed")
+    out = []
+    gray_lr = lr.channels in (0, 1)
+    for i, r in enumerate(refs, 1):
+        p = prepare(r, f"reference {i}", percentiles=percentiles, value_range=value_range, min_size=MIN_REF)
+        if (p.channels in (0, 1)) != gray_lr:
+            raise RefSRError(f"reference {i} is {'grayscale' if p.channels in (0, 1) else 'colour'} "
+                             f"but the image is {'grayscale' if gray_lr else 'colour'}; "
+                             "give references with the same kind of channels")
+        out.append(p)
+    return out
+
+
+def _run_slice(engine: _Engine, lr: Prepared, tile: int, overlap: int, step: Callable[[], None]):
+    h, w = lr.pixels.shape[1:]
+    tiles = plan_tiles(h, w, tile, overlap)
+    blend = Blender(h, w, overlap)
+    for t in tiles:
+        sr, s, index = engine.run(lr, t)
+        blend.add(t, "sr", np.moveaxis(sr, 0, -1), scale=4)
+        blend.add(t, "S", s)
+        blend.add_discrete(t, "index", index)
+        step()
+    return np.moveaxis(blend.result("sr"), -1, 0), blend.result("S"), blend.result("index")
+
+
+def _source_map(index: np.ndarray, shapes) -> np.ndarray:
+    """Hard-attention indices → (H, W, 3): reference number, and the centre of the matched 4×4
+    block in reference pixels (row, column)."""
+    decoded = ts.decode_index(index, shapes)
+    decoded[..., 1:] = decoded[..., 1:] * 4 + 2
+    return decoded.astype(np.int32)
+
+
+class _Runner:
+    """Runs slices with a shared engine, progress, cancel and out-of-memory retries."""
+
+    def __init__(self, model, refs, *, tile, overlap, device, half, budget, progress, cancel, total_slices):
+        if tile < MIN_TILE:
+            raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
+        self.args = (model, refs, device, half)
+        self.tile, self.overlap, self.budget = int(tile), int(overlap), int(budget)
+        self.progress, self.cancel = progress, cancel
+        self.total_slices = total_slices
+        self.done = 0
+        self.engine = None
+
+    def _engine(self) -> _Engine:
+        if self.engine is None:
+            model, refs, device, half = self.args
+            try:
+                self.engine = _Engine(model, refs, device, half, self.budget)
+            except Exception as err:  # noqa: BLE001 - re-raised with advice
+                if is_out_of_memory(err):
+                    raise RefSRError("out of memory while encoding the reference images; use smaller "
+                                     "references, fewer of them, or device 'cpu'") from err
+                raise
+        return self.engine
+
+    def _step(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled")
+
+    def slice(self, lr: Prepared):
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled")
+        engine = self._engine()
+        h, w = lr.pixels.shape[1:]
+        while True:
+            per_slice = len(plan_tiles(h, w, self.tile, self.overlap))
+            start = self.done
+            self.total = self.done + per_slice * (self.total_slices - self._slices_done)
+            try:
+                result = _run_slice(engine, lr, self.tile, self.overlap, self._step)
+                self._slices_done += 1
+                return result
+            except Exception as err:  # noqa: BLE001
+                if not is_out_of_memory(err) or self.tile <= MIN_TILE:
+                    if is_out_of_memory(err):
+                        raise RefSRError(f"out of memory even with {self.tile}-pixel tiles on {engine.device}; "
+                                         "use device 'cpu' or a smaller image") from err
+                    raise
+                release_memory(engine.device)
+                self.tile = max(MIN_TILE, self.tile // 2)
+                self.budget = max(16 * 2**20, self.budget // 2)
+                engine.net.search_budget = self.budget
+                self.done = start
+
+    _slices_done = 0
+
+
+def upscale_nd(
+    model: RefSRModel,
+    data,
+    refs,
+    *,
+    spatial_axes: tuple[int, int] = (-2, -1),
+    channel_axis: int | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device | None = None,
+    half: bool | None = None,
+    value_range: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    search_budget: int = ts.DEFAULT_BUDGET,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> UpscaleResult:
+    """Upscale every 2D slice of ``data`` (Y, X = ``spatial_axes``; channels on ``channel_axis``)
+    against one reference set. Other axes (Z, T, …) are looped over and kept.
+
+    For non-uint8 data one intensity window (percentiles of the whole array) serves every slice,
+    so a stack stays consistent. ``device=None`` keeps the model where it is; "auto" picks one.
+    """
+    arr = np.asarray(data)
+    if arr.ndim < 2:
+        raise RefSRError(f"image must have at least 2 dimensions, got shape {arr.shape}")
+    nd = arr.ndim
+    try:
+        ya, xa = (a % nd for a in spatial_axes)
+        ca = None if channel_axis is None else channel_axis % nd
+    except (TypeError, ValueError) as err:
+        raise RefSRError(f"invalid axes {spatial_axes}, {channel_axis}") from err
+    if ya == xa or ca in (ya, xa) or not (-nd <= spatial_axes[0] < nd and -nd <= spatial_axes[1] < nd):
+        raise RefSRError(f"spatial axes {spatial_axes} and channel axis {channel_axis} must be distinct axes of a {nd}D image")
+    loop_axes = [a for a in range(nd) if a not in (ya, xa, ca)]
+    order = loop_axes + [ya, xa] + ([ca] if ca is not None else [])
+    moved = np.transpose(arr, order)
+    loop_shape = moved.shape[: len(loop_axes)]
+    user_range = value_range  # references use it too; otherwise each gets its own window
+    if value_range is None and arr.size and arr.dtype.kind in "uif" and arr.dtype != np.uint8:
+        if arr.dtype.kind != "f" or np.isfinite(arr).all():  # NaN is reported per slice below
+            value_range = intensity_window(arr, percentiles)
+    if device is not None:
+        device = choose_device(device)
+    n_slices = int(np.prod(loop_shape)) if loop_shape else 1
+    runner = None
+    images, confs, sources = [], [], []
+    for idx in itertools.product(*(range(n) for n in loop_shape)):
+        lr = prepare(moved[idx], "image", percentiles=percentiles, value_range=value_range)
+        if runner is None:
+            prepared_refs = _prepare_refs(refs, lr, percentiles, user_range)
+            runner = _Runner(model, prepared_refs, tile=tile, overlap=overlap, device=device, half=half,
+                             budget=search_budget, progress=progress, cancel=cancel, total_slices=n_slices)
+        sr, s, index = runner.slice(lr)
+        images.append(restore(sr, lr))
+        confs.append(resize_bicubic(torch.from_numpy(s.astype(np.float32)), (s.shape[0] * 4, s.shape[1] * 4)).numpy())
+        sources.append(_source_map(index, runner.engine.ref_shapes))
+    out_img = np.stack(images).reshape(loop_shape + images[0].shape)
+    out_conf = np.stack(confs).reshape(loop_shape + confs[0].shape)
+    out_src = np.stack(sources).reshape(loop_shape + sources[0].shape)
+    # back to the caller's axis order (spatial axes now ×4)
+    inverse = np.argsort(order)
+    image = np.transpose(out_img, inverse) if out_img.ndim == nd else out_img
+    kept = [a for a in range(nd) if a != ca]
+    kept_order = [a for a in order if a != ca]
+    conf = np.transpose(out_conf, np.argsort(kept_order))
+    src = np.transpose(out_src, list(np.argsort(kept_order)) + [len(kept)])
+    return UpscaleResult(image, conf.astype(np.float32), src, runner.tile)
+
+
+def upscale_detailed(model: RefSRModel, lr, ref, **options) -> UpscaleResult:
+    """Upscale one 2D image (H, W[, C]); see :func:`upscale_nd` for the options."""
+    arr = np.asarray(lr)
+    channel_axis = -1 if arr.ndim == 3 else None
+    if arr.ndim not in (2, 3):
+        raise RefSRError(f"image must be (H, W) or (H, W, C); got shape {arr.shape} (use upscale_nd for stacks)")
+    return upscale_nd(model, arr, ref, spatial_axes=(0, 1), channel_axis=channel_axis, **options)
+
+
+def upscale(model: RefSRModel, lr, ref, *, tile: int = DEFAULT_TILE, device: str | torch.device | None = "auto",
+            return_confidence: bool = False, progress: Progress | None = None, cancel: Cancel | None = None,
+            **options):
+    """×4 super-resolution of ``lr`` with texture from ``ref`` (one array or a list).
+
+    Returns the image in ``lr``'s dtype and channel layout, or ``(image, confidence)``.
+    """
+    res = upscale_detailed(model, lr, ref, tile=tile, device=device, progress=progress, cancel=cancel, **options)
+    return (res.image, res.confidence) if return_confidence else res.image

@@ -1,0 +1,99 @@
+"""Overlapping tiles over an LR image and seamless blending of their ×s outputs.
+
+Tiles overlap by ``overlap`` LR pixels. Continuous outputs (the SR image, the confidence S) are
+blended with weights that are zero over the outer quarter of each overlap (where a tile lacks
+context) and ramp linearly to one across the rest, so no seam is visible. Discrete outputs (the
+hard-attention index) come from the tile with the largest weight at each pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Tile", "plan_tiles", "Blender"]
+
+
+@dataclass(frozen=True)
+class Tile:
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    starts = list(range(0, n - tile, step))
+    return starts + [n - tile]
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles of at most ``tile``×``tile`` LR pixels covering the image, adjacent ones sharing
+    ``overlap`` pixels (more for the last row/column, which is aligned to the border)."""
+    if tile < 1 or overlap < 0:
+        raise ValueError(f"tile must be >= 1 and overlap >= 0, got {tile}, {overlap}")
+    overlap = min(overlap, tile // 2)
+    return [Tile(y, min(height, y + tile), x, min(width, x + tile))
+            for y in _starts(height, tile, overlap) for x in _starts(width, tile, overlap)]
+
+
+def _ramp(n: int, lo_open: bool, hi_open: bool, overlap: int, scale: int) -> np.ndarray:
+    """1D weights for a tile side of n LR pixels, at ×scale; *_open = a neighbour on that side."""
+    pos = (np.arange(n * scale) + 0.5) / scale  # LR coordinate of each output pixel centre
+    w = np.ones(n * scale, dtype=np.float64)
+    if overlap <= 0:
+        return w
+    dead = overlap / 4.0
+    span = max(overlap - dead, 1e-6)
+    for is_open, dist in ((lo_open, pos), (hi_open, n - pos)):
+        if is_open:
+            w = np.minimum(w, np.clip((dist - dead) / span, 1e-6, 1.0))
+    return w
+
+
+class Blender:
+    """Accumulates per-tile outputs into whole images (each output at its own scale)."""
+
+    def __init__(self, height: int, width: int, overlap: int):
+        self.h, self.w, self.overlap = height, width, overlap
+        self.sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def weights(self, t: Tile, scale: int) -> np.ndarray:
+        """Blending weights of tile ``t`` at ×``scale``: (scale·h, scale·w)."""
+        wy = _ramp(t.y1 - t.y0, t.y0 > 0, t.y1 < self.h, self.overlap, scale)
+        wx = _ramp(t.x1 - t.x0, t.x0 > 0, t.x1 < self.w, self.overlap, scale)
+        return wy[:, None] * wx[None, :]
+
+    def add(self, t: Tile, name: str, values: np.ndarray, scale: int = 1) -> None:
+        """Blend ``values`` ((sh, sw) or (sh, sw, C): tile ``t`` at ×``scale``) into output ``name``."""
+        wt = self.weights(t, scale)
+        sl = (slice(t.y0 * scale, t.y1 * scale), slice(t.x0 * scale, t.x1 * scale))
+        if name not in self.sums:
+            shape = (self.h * scale, self.w * scale)
+            self.sums[name] = (np.zeros(shape + values.shape[2:]), np.zeros(shape))
+        acc, acc_w = self.sums[name]
+        acc[sl] += values * (wt if values.ndim == 2 else wt[..., None])
+        acc_w[sl] += wt
+
+    def add_discrete(self, t: Tile, name: str, values: np.ndarray) -> None:
+        """Keep ``values`` ((h, w, ...) at ×1) where this tile has the largest weight so far."""
+        wt = self.weights(t, 1)
+        sl = (slice(t.y0, t.y1), slice(t.x0, t.x1))
+        if name not in self.best:
+            self.best[name] = (np.full((self.h, self.w), -1.0), np.zeros((self.h, self.w) + values.shape[2:], values.dtype))
+        best_w, out = self.best[name]
+        take = wt > best_w[sl]
+        out[sl][take] = values[take]
+        best_w[sl][take] = wt[take]
+
+    def result(self, name: str) -> np.ndarray:
+        """The blended (or, for discrete outputs, selected) whole image ``name``."""
+        if name in self.best:
+            return self.best[name][1]
+        acc, acc_w = self.sums[name]
+        return acc / np.maximum(acc_w if acc.ndim == 2 else acc_w[..., None], 1e-12)

@@ -1,0 +1,230 @@
+"""The inference pipeline: equality with a direct network call, tiling seams, dtypes and channels,
+several references, nD stacks, progress/cancel, out-of-memory retry and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+import napari_refsr as rs
+from napari_refsr import pipeline
+from napari_refsr.errors import Cancelled, RefSRError
+
+
+def psnr(a, b, peak):
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return 10 * np.log10(peak**2 / max(mse, 1e-20))
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return data.astronaut()
+
+
+def test_uint8_rgb_equals_reference_procedure(tiny_model, astronaut):
+    """The reference's test(): PIL bicubic LR↑, Ref cropped to ×4 and PIL ↓↑, /127.5-1, round."""
+    lr = np.ascontiguousarray(astronaut[::8, ::8][:40, :36])
+    ref = astronaut[200:350, 210:371]  # 150×161: cropped to 148×160 inside
+    h, w = lr.shape[:2]
+    lr_up = np.array(Image.fromarray(lr).resize((w * 4, h * 4), Image.BICUBIC))
+    rh, rw = ref.shape[0] // 4 * 4, ref.shape[1] // 4 * 4
+    r = ref[:rh, :rw]
+    r_du = np.array(Image.fromarray(r).resize((rw // 4, rh // 4), Image.BICUBIC).resize((rw, rh), Image.BICUBIC))
+    t = lambda a: torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        sr = tiny_model.network(t(lr), t(lr_up), t(r), t(r_du))[0]
+    expected = np.round(((sr[0] + 1) * 127.5).permute(1, 2, 0).numpy()).astype(np.uint8)
+    out = rs.upscale(tiny_model, lr, ref, tile=256, device="cpu")
+    assert out.dtype == np.uint8 and out.shape == (160, 144, 3)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    assert (out != expected).mean() < 1e-3
+
+
+def test_tiles_blend_without_seams(tiny_model, astronaut):
+    lr = np.ascontiguousarray(astronaut[::4, ::4][:88, :72])
+    ref = astronaut[:200, 300:]
+    whole = rs.upscale_detailed(tiny_model, lr, ref, tile=512, device="cpu")
+    tiled = rs.upscale_detailed(tiny_model, lr, ref, tile=40, overlap=16, device="cpu")
+    assert len(pipeline.plan_tiles(88, 72, 40, 16)) > 4
+    assert psnr(whole.image, tiled.image, 255) >= 50
+    assert psnr(whole.confidence, tiled.confidence, 1.0) >= 50
+    assert (whole.source == tiled.source).all(axis=-1).mean() > 0.95
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((24, 20), np.uint8), ((24, 20, 1), np.uint8), ((24, 20, 3), np.uint8), ((24, 20, 4), np.uint8),
+     ((24, 20), np.uint16), ((24, 20, 3), np.uint16), ((24, 20), np.float32), ((24, 20, 3), np.float64)],
+)
+def test_dtypes_and_channels_round_trip(tiny_model, astronaut, shape, dtype):
+    gray = astronaut[..., 1]
+    base = astronaut[::8, ::8][:24, :20] if len(shape) == 3 and shape[2] >= 3 else gray[::8, ::8][:24, :20]
+    if dtype == np.uint16:
+        lr = base.astype(np.uint16) * 40 + 1000
+    elif dtype == np.uint8:
+        lr = base.astype(np.uint8)
+    else:
+        lr = base.astype(dtype) / 255.0 * 3.0 - 1.0  # arbitrary float range
+    if len(shape) == 3 and shape[2] == 1:
+        lr = lr[..., None]
+    if len(shape) == 3 and shape[2] == 4:
+        alpha = np.full(lr.shape[:2] + (1,), 200, np.uint8)
+        lr = np.concatenate([lr, alpha], axis=-1)
+    ref_src = astronaut[100:180, 150:230]
+    ref = ref_src if lr.ndim == 3 and lr.shape[2] >= 3 else ref_src[..., 1]
+    out = rs.upscale(tiny_model, lr, ref, device="cpu")
+    assert out.dtype == lr.dtype
+    assert out.shape == (lr.shape[0] * 4, lr.shape[1] * 4) + lr.shape[2:]
+    colour = out[..., :3] if out.ndim == 3 and out.shape[-1] == 4 else out
+    lo, hi = float(lr.min()), float(lr.max())
+    span = hi - lo
+    assert colour.min() >= lo - 0.05 * span and colour.max() <= hi + 0.05 * span
+    if lr.ndim == 3 and lr.shape[2] == 4:
+        assert np.all(np.abs(out[..., 3].astype(int) - 200) <= 1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("channels", [0, 1, 3, 4])
+def test_restore_maps_back_to_the_input_window(dtype, channels, rng):
+    """prepare → (what a perfect network returns: LR↑ in [-1, 1]) → restore ≈ bicubic of the input."""
+    from napari_refsr.normalize import prepare, restore
+    from napari_refsr.resize import resize_bicubic
+
+    h, w = 12, 10
+    shape = (h, w) if channels == 0 else (h, w, channels)
+    peak = {np.uint8: 255, np.uint16: 9000, np.float32: 2.5}[dtype]
+    from skimage.filters import gaussian
+
+    smooth = gaussian(rng.random(shape), sigma=2, channel_axis=-1 if channels else None)
+    img = ((smooth - smooth.min()) / np.ptp(smooth) * peak).astype(dtype)  # no clipping overshoot
+    if channels == 4:
+        img[..., 3] = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
+    p = prepare(img, percentiles=(0, 100))
+    up = resize_bicubic(p.pixels, (4 * h, 4 * w), quantize=p.quantize).div(127.5).sub(1).clamp(-1, 1)  # the network clamps
+    out = restore(up.numpy(), p)
+    assert out.dtype == img.dtype and out.shape == (4 * h, 4 * w) + shape[2:]
+    colour = img if channels == 0 else img[..., : min(3, channels)]
+    direct = resize_bicubic(torch.from_numpy(np.moveaxis(np.atleast_3d(colour).astype(np.float64), -1, 0)), (4 * h, 4 * w))
+    direct = np.moveaxis(direct.numpy(), 0, -1).clip(*p.window)
+    got = out if channels == 0 else out[..., : min(3, channels)]
+    got = np.atleast_3d(got).astype(np.float64)
+    tol = 3.0 if dtype == np.uint8 else 1e-3 * peak + 1  # uint8: PIL rounds after each pass
+    assert np.abs(got - direct).max() <= tol
+    if channels == 4:
+        np.testing.assert_allclose(out[..., 3], img[..., 3].max(), rtol=1e-5)
+
+
+def test_several_references_source_points_to_the_matching_one(tiny_model, astronaut):
+    gray = astronaut[..., 0]
+    decoy = np.full((96, 96), 128, np.uint8)
+    lr = np.ascontiguousarray(gray[::4, ::4][20:52, 20:52])
+    match = gray[80:208, 80:208]  # the same content at high resolution
+    res = rs.upscale_detailed(tiny_model, lr, [decoy, match], device="cpu")
+    assert res.source.shape == (32, 32, 3)
+    assert (res.source[..., 0] == 1).mean() > 0.9
+    rows, cols = res.source[..., 1], res.source[..., 2]
+    assert rows.min() >= 0 and rows.max() < 128 and cols.max() < 128
+    # texture comes from where the LR content sits in the reference (up to a few pixels)
+    yy, xx = np.mgrid[0:32, 0:32] * 4 + 2
+    assert np.median(np.abs(rows - yy)) <= 4 and np.median(np.abs(cols - xx)) <= 4
+    assert res.confidence.shape == (128, 128) and res.confidence.dtype == np.float32
+
+
+def test_stack_and_axes(tiny_model):
+    rng = np.random.default_rng(1)
+    stack = (rng.random((3, 20, 24)) * 4000 + 100).astype(np.uint16)
+    ref = (rng.random((64, 64)) * 4000).astype(np.uint16)
+    res = rs.upscale_nd(tiny_model, stack, ref, device="cpu")
+    assert res.image.shape == (3, 80, 96) and res.image.dtype == np.uint16
+    assert res.confidence.shape == (3, 80, 96) and res.source.shape == (3, 20, 24, 3)
+    # Y on axis 0, a looped axis in the middle, X last: same as moving the axes first
+    moved = rs.upscale_nd(tiny_model, np.transpose(stack, (1, 0, 2)), ref, spatial_axes=(0, 2), device="cpu")
+    assert moved.image.shape == (80, 3, 96)
+    np.testing.assert_array_equal(np.transpose(moved.image, (1, 0, 2)), res.image)
+    # channels on an axis of their own
+    rgb = np.stack([stack] * 3, axis=1).astype(np.uint16)  # (Z, C, Y, X)
+    out = rs.upscale_nd(tiny_model, rgb, np.stack([ref] * 3, -1), channel_axis=1, device="cpu")
+    assert out.image.shape == (3, 3, 80, 96)
+
+
+def test_progress_and_cancel(tiny_model, astronaut):
+    lr = np.ascontiguousarray(astronaut[::4, ::4][:64, :64])
+    calls = []
+    rs.upscale(tiny_model, lr, astronaut[:128, :128], tile=32, progress=lambda d, t: calls.append((d, t)), device="cpu")
+    assert [d for d, _ in calls] == list(range(1, len(calls) + 1))
+    assert calls[-1][0] == calls[-1][1] == len(pipeline.plan_tiles(64, 64, 32, pipeline.DEFAULT_OVERLAP))
+    seen = []
+    with pytest.raises(Cancelled):
+        rs.upscale(tiny_model, lr, astronaut[:128, :128], tile=32, progress=lambda d, t: seen.append(d),
+                   cancel=lambda: len(seen) >= 2, device="cpu")
+    assert len(seen) == 2
+
+
+def test_out_of_memory_halves_the_tile_and_retries(tiny_model, astronaut, monkeypatch):
+    lr = np.ascontiguousarray(astronaut[::4, ::4][:64, :64])
+    ref = astronaut[:128, :128]
+    expected = rs.upscale_detailed(tiny_model, lr, ref, tile=32, device="cpu")
+    real = type(tiny_model.network).forward_bank
+    sizes = []
+
+    def flaky(self, lr_t, up_t, banks):
+        sizes.append(lr_t.shape[-1])
+        if lr_t.shape[-1] > 32:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, lr_t, up_t, banks)
+
+    monkeypatch.setattr(type(tiny_model.network), "forward_bank", flaky)
+    got = rs.upscale_detailed(tiny_model, lr, ref, tile=128, device="cpu")
+    assert got.tile == 32 and sizes[0] == 64
+    np.testing.assert_array_equal(got.image, expected.image)
+
+
+def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(tiny_model, astronaut, monkeypatch):
+    def always(self, *a):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(type(tiny_model.network), "forward_bank", always)
+    with pytest.raises(RefSRError, match="out of memory"):
+        rs.upscale(tiny_model, astronaut[::8, ::8], astronaut[:64, :64], tile=32, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "lr,ref,match",
+    [
+        (np.full((16, 16), np.nan, np.float32), np.zeros((32, 32), np.float32), "NaN"),
+        (np.zeros((16, 16, 5), np.uint8), np.zeros((32, 32, 3), np.uint8), "shape"),
+        (np.zeros((3, 16, 16), np.uint8), np.zeros((32, 32, 3), np.uint8), "channels-first"),
+        (np.zeros((0, 16), np.uint8), np.zeros((32, 32), np.uint8), "too small"),
+        (np.zeros((2, 2), np.uint8), np.zeros((32, 32), np.uint8), "too small"),
+        (np.zeros((16, 16), np.uint8), np.zeros((8, 8), np.uint8), "reference 1"),
+        (np.zeros((16, 16), np.uint8), np.zeros((32, 32, 3), np.uint8), "grayscale"),
+        (np.zeros((16, 16), np.complex64), np.zeros((32, 32), np.uint8), "dtype"),
+        (np.zeros((16, 16), np.uint8), [], "at least one reference"),
+        (np.zeros((16, 16), np.uint8), None, "missing"),
+    ],
+)
+def test_bad_input_names_the_problem(tiny_model, lr, ref, match):
+    with pytest.raises(RefSRError, match=match):
+        rs.upscale(tiny_model, lr, ref, device="cpu")
+
+
+def test_bad_options(tiny_model):
+    img = np.zeros((16, 16), np.uint8)
+    with pytest.raises(RefSRError, match="tile"):
+        rs.upscale(tiny_model, img, np.zeros((32, 32), np.uint8), tile=4, device="cpu")
+    with pytest.raises(RefSRError, match="axes"):
+        rs.upscale_nd(tiny_model, np.zeros((2, 16, 16), np.uint8), np.zeros((32, 32), np.uint8),
+                      spatial_axes=(1, 1), device="cpu")
+    with pytest.raises(RefSRError, match="device"):
+        rs.upscale(tiny_model, img, np.zeros((32, 32), np.uint8), device="tpu")
+
+
+def test_load_model_caches_and_infers_config(tiny_checkpoint):
+    a = rs.load_model(tiny_checkpoint, device="cpu")
+    b = rs.load_model(str(tiny_checkpoint), device="auto" if not torch.cuda.is_available() else "cpu")
+    assert a is b
+    assert a.config["n_feats"] == 8 and list(a.config["num_res_blocks"]) == [1, 1, 1, 1]
+    assert isinstance(a.network, torch.nn.Module) and a.device.type == "cpu"
