@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import weights
+from .archs.srntt import SRNTT, SRNTTConfig
 from .archs.ttsr import TTSR, TTSRConfig
 from .devices import choose_device
 from .errors import RefSRError, WeightsError
@@ -23,7 +24,8 @@ __all__ = ["RefSRModel", "load_model", "build_network", "ARCHITECTURES", "DEFAUL
 DEFAULT_MODEL = "ttsr-rec"
 
 # arch name → (config class, network class); every network offers encode_references/forward_bank
-ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {"ttsr": (TTSRConfig, TTSR)}
+ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
+    "ttsr": (TTSRConfig, TTSR), "srntt": (SRNTTConfig, SRNTT)}
 
 
 def build_network(config: dict) -> torch.nn.Module:

@@ -126,13 +126,16 @@ def _shift_tables(shapes: Sequence[tuple[int, int]], scale: int, device) -> tupl
     return torch.cat([b.reshape(-1) for b in bases]), torch.cat(widths)
 
 
-def transfer(index: torch.Tensor, values: Sequence[torch.Tensor], scale: int) -> torch.Tensor:
+def transfer(
+    index: torch.Tensor, values: Sequence[torch.Tensor], scale: int, *, average_overlaps: bool = False
+) -> torch.Tensor:
     """Texture map T for ``index`` (H, W) from the reference value maps of one level.
 
     ``values[i]`` is reference i's (C, h_i·scale, w_i·scale) feature map, where (h_i, w_i) is
     its key grid. Patches are 3·scale wide with stride ``scale`` and padding ``scale`` (3/6/12
-    for levels 3/2/1), summed where they overlap and divided by 9 as the reference does.
-    Differentiable with respect to ``values``. Returns (C, H·scale, W·scale).
+    for levels 3/2/1), summed where they overlap and divided by 9 as the reference TTSR does,
+    or, with ``average_overlaps`` (SRNTT), by the number of patches covering each pixel (fewer
+    than 9 along the border). Differentiable with respect to ``values``. Returns (C, H·scale, W·scale).
     """
     h, w = index.shape
     k = 3 * scale
@@ -147,7 +150,14 @@ def transfer(index: torch.Tensor, values: Sequence[torch.Tensor], scale: int) ->
         for ox in range(k):
             vals = flat.index_select(1, corner + oy * row + ox).view(c, h, w)
             out[:, oy : oy + h * scale : scale, ox : ox + w * scale : scale] += vals
-    return out[:, scale : scale + h * scale, scale : scale + w * scale] / 9.0
+    out = out[:, scale : scale + h * scale, scale : scale + w * scale]
+    if not average_overlaps:
+        return out / 9.0
+    count = out.new_zeros(h * scale + 2 * scale, w * scale + 2 * scale)
+    for oy in range(k):
+        for ox in range(k):
+            count[oy : oy + h * scale : scale, ox : ox + w * scale : scale] += 1
+    return out / count[scale : scale + h * scale, scale : scale + w * scale]
 
 
 def relevance(

@@ -1,0 +1,360 @@
+"""The ComfyUI node pack against a stand-in of the ComfyUI modules it calls (tests/comfy_standin).
+
+Real parts everywhere else: a tiny TTSR checkpoint saved into the stand-in's models/refsr, the real
+core, a real HTTP server on 127.0.0.1 for the download path. The run in a real ComfyUI server is
+described in docs/comfyui.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import inspect
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDIN = Path(__file__).resolve().parent / "comfy_standin"
+for _p in (str(ROOT), str(STANDIN)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import comfy.model_management as mm  # noqa: E402  (the stand-in)
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
+from comfy_api.latest import ComfyExtension  # noqa: E402
+
+import comfy_nodes  # noqa: E402
+import napari_refsr  # noqa: E402
+from comfy_nodes import nodes as cn  # noqa: E402
+from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
+from napari_refsr.errors import RefSRError, WeightsError  # noqa: E402
+from napari_refsr.resize import resize_bicubic  # noqa: E402
+
+REFSR_DIR = Path(folder_paths.models_dir) / "refsr"
+
+
+@pytest.fixture(scope="module")
+def tiny_file() -> Path:
+    """A tiny TTSR state dict in the (stand-in) ComfyUI's models/refsr folder."""
+    REFSR_DIR.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    path = REFSR_DIR / "tiny.pt"
+    torch.save(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))).state_dict(), path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def clean_comfy_state():
+    """Each test starts with no recorded calls, no interrupt and no progress hook."""
+    mm.calls.clear()
+    mm.interrupt_current_processing(False)
+    comfy.utils.set_progress_bar_global_hook(None)
+    yield
+    mm.interrupt_current_processing(False)
+    comfy.utils.set_progress_bar_global_hook(None)
+
+
+def run(node, **inputs):
+    """Execute a node the way ComfyUI does: keyword inputs by schema id, optional ones only when
+    connected; returns the outputs tuple."""
+    schema = node.define_schema()
+    ids = {i.id for i in schema.inputs}
+    required = {i.id for i in schema.inputs if not i.optional}
+    assert set(inputs) <= ids, f"unknown inputs {set(inputs) - ids}"
+    assert required <= set(inputs), f"missing required inputs {required - set(inputs)}"
+    out = node.execute(**inputs)
+    assert len(out.args) == len(schema.outputs)
+    return out.args
+
+
+@pytest.fixture
+def model(tiny_file):
+    (m,) = run(cn.LoadRefSRModel, model_name="tiny.pt")
+    return m
+
+
+def _texture(rng, h, w, smooth=4) -> np.ndarray:
+    """A (h, w, 3) float32 image in 0..1 with structure at several scales."""
+    coarse = torch.from_numpy(rng.random((3, h // smooth, w // smooth), dtype=np.float32))
+    img = resize_bicubic(coarse * 255, (h, w)).clamp(0, 255) / 255
+    return img.permute(1, 2, 0).numpy() * 0.7 + rng.random((h, w, 3), dtype=np.float32) * 0.3
+
+
+def _down4(img: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(img).permute(2, 0, 1) * 255
+    small = resize_bicubic(t, (img.shape[0] // 4, img.shape[1] // 4)).clamp(0, 255) / 255
+    return small.permute(1, 2, 0).numpy()
+
+
+def _image(*arrays) -> torch.Tensor:
+    """ComfyUI IMAGE batch [B, H, W, C] from (H, W, C) arrays."""
+    return torch.from_numpy(np.stack(arrays)).float()
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A high-res scene, its ×4-smaller version and another (the LR batch), an unrelated texture, and
+    a 36×16 LR image that needs two 32-pixel tiles."""
+    rng = np.random.default_rng(1)
+    hr = _texture(rng, 64, 48)
+    other = _texture(rng, 64, 48)
+    return {"hr": hr, "lr": [_down4(hr), _down4(other)], "noise": _texture(rng, 64, 48, smooth=1),
+            "big": _down4(_texture(rng, 144, 64))}
+
+
+# --------------------------------------------------------------------------- loading and schema
+
+
+def test_entrypoint_returns_extension_with_both_nodes_and_no_v1_mappings():
+    ext = asyncio.run(comfy_nodes.comfy_entrypoint())
+    assert isinstance(ext, ComfyExtension)
+    assert asyncio.run(ext.get_node_list()) == [cn.LoadRefSRModel, cn.RefSRUpscale]
+    # NODE_CLASS_MAPPINGS would make ComfyUI load the pack as V1 and skip comfy_entrypoint
+    assert not hasattr(comfy_nodes, "NODE_CLASS_MAPPINGS") and not hasattr(cn, "NODE_CLASS_MAPPINGS")
+    assert str(REFSR_DIR) in folder_paths.get_folder_paths("refsr")
+
+
+def test_schemas_types_tooltips_and_execute_signatures(tiny_file):
+    loader, up = cn.LoadRefSRModel.define_schema(), cn.RefSRUpscale.define_schema()
+    assert (loader.node_id, loader.display_name) == ("RefSRModelLoader", "Load RefSR Model")
+    assert (up.node_id, up.display_name) == ("RefSRUpscale", "RefSR Upscale")
+    for schema in (loader, up):
+        assert schema.category.startswith("image/upscaling")
+        for item in schema.inputs + schema.outputs:
+            assert isinstance(item.tooltip, str) and len(item.tooltip) > 20, item.id
+        ids = [i.id for i in schema.inputs] + [o.id for o in schema.outputs if o.id]
+        assert len(ids) == len(set(ids)), "ComfyUI rejects repeated ids"
+    assert [(i.id, i.io_type, i.optional) for i in loader.inputs] == [("model_name", "COMBO", False)]
+    assert [o.io_type for o in loader.outputs] == ["REFSR_MODEL"]
+    assert [(i.id, i.io_type, i.optional) for i in up.inputs] == [
+        ("image", "IMAGE", False), ("reference", "IMAGE", False), ("refsr_model", "REFSR_MODEL", False),
+        ("tile_size", "INT", False), ("reference_2", "IMAGE", True), ("reference_3", "IMAGE", True)]
+    tile = up.inputs[3]
+    assert (tile.default, tile.min) == (napari_refsr.DEFAULT_TILE, 32) and tile.max >= 512
+    assert [o.io_type for o in up.outputs] == ["IMAGE", "MASK"]
+    assert "clipped to 0..1" in up.outputs[1].tooltip
+    # ComfyUI calls execute with the input ids as keywords; optional ones may be left out
+    for node, schema in ((cn.LoadRefSRModel, loader), (cn.RefSRUpscale, up)):
+        params = inspect.signature(node.execute).parameters
+        assert list(params) == [i.id for i in schema.inputs]
+        for i in schema.inputs:
+            if i.optional:
+                assert params[i.id].default is None
+
+
+def test_model_list_has_registry_models_then_checkpoints(tiny_file):
+    (REFSR_DIR / "sub").mkdir(exist_ok=True)
+    extra = [REFSR_DIR / "sub" / "b.safetensors", REFSR_DIR / "notes.txt", REFSR_DIR / ".x.pth.part"]
+    for p in extra:
+        p.write_bytes(b"x")
+    try:
+        names = cn.LoadRefSRModel.define_schema().inputs[0].options
+    finally:
+        for p in extra:
+            p.unlink()
+    registry = [n for n, s in napari_refsr.weights.REGISTRY.items() if s.format != "vgg19"]
+    assert names[0] == napari_refsr.DEFAULT_MODEL
+    assert set(names[: len(registry)]) == set(registry) and "vgg19" not in names
+    assert names[len(registry):] == [os.path.join("sub", "b.safetensors"), "tiny.pt"]
+
+
+def test_loader_gives_a_cpu_model_from_the_refsr_folder(model, tiny_file):
+    assert isinstance(model, napari_refsr.RefSRModel)
+    assert model.device.type == "cpu" and model.config["n_feats"] == 8
+    ref = torch.load(tiny_file, weights_only=True)
+    assert torch.equal(model.network.state_dict()["MainNet.SFE.conv_head.weight"], ref["MainNet.SFE.conv_head.weight"])
+
+
+def test_missing_model_file_is_a_clear_error(tiny_file):
+    with pytest.raises(RefSRError, match=r"'gone\.pt' not found in .*refsr.*put the checkpoint"):
+        run(cn.LoadRefSRModel, model_name="gone.pt")
+    with pytest.raises(RefSRError, match="neither|not found"):
+        run(cn.LoadRefSRModel, model_name="no-such-model")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_registry_model_offline_names_the_refsr_folder(tiny_file, monkeypatch):
+    spec = napari_refsr.weights.REGISTRY[napari_refsr.DEFAULT_MODEL]
+    monkeypatch.setenv(napari_refsr.weights.BASE_URL_ENV, f"http://127.0.0.1:{_free_port()}")  # nobody listens
+    with pytest.raises(WeightsError) as info:
+        run(cn.LoadRefSRModel, model_name=napari_refsr.DEFAULT_MODEL)
+    assert "could not download" in str(info.value)
+    assert str(REFSR_DIR / spec.filename) in str(info.value)  # where to put the file by hand
+    assert sorted(p.name for p in REFSR_DIR.iterdir() if p.is_file()) == ["tiny.pt"]
+
+
+def test_registry_model_uses_the_core_cache_when_the_user_sets_it(tiny_file, monkeypatch, tmp_path):
+    spec = napari_refsr.weights.REGISTRY[napari_refsr.DEFAULT_MODEL]
+    monkeypatch.setenv(napari_refsr.weights.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(napari_refsr.weights.BASE_URL_ENV, f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(WeightsError) as info:
+        run(cn.LoadRefSRModel, model_name=napari_refsr.DEFAULT_MODEL)
+    assert str(tmp_path / "cache" / spec.filename) in str(info.value)
+
+
+def test_registry_model_is_downloaded_into_the_refsr_folder(tiny_file, monkeypatch):
+    """A real download from 127.0.0.1: the request asks for the registry file, lands in models/refsr,
+    fails the hash check (these bytes are not the published weights) and leaves nothing behind."""
+    requested = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            body = b"not the weights" * 100
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(napari_refsr.weights.BASE_URL_ENV, f"http://127.0.0.1:{server.server_port}/w")
+        with pytest.raises(WeightsError, match="expected"):
+            run(cn.LoadRefSRModel, model_name=napari_refsr.DEFAULT_MODEL)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requested == [f"/w/{napari_refsr.weights.REGISTRY[napari_refsr.DEFAULT_MODEL].filename}"]
+    assert sorted(p.name for p in REFSR_DIR.iterdir() if p.is_file()) == ["tiny.pt"]
+
+
+# --------------------------------------------------------------------------- upscaling
+
+
+def test_upscale_batch_shapes_range_and_comfy_services(model, scene, monkeypatch):
+    events, moves = [], []
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: events.append((v, t)))
+    comfy_device = torch.device("cpu", 0)  # distinguishable from the default "cpu", and runs here
+    monkeypatch.setattr(mm, "get_torch_device", lambda: comfy_device)
+    original_to = model.to
+    monkeypatch.setattr(model, "to", lambda device="auto", half=None: moves.append(device) or original_to(device, half))
+    image = _image(*scene["lr"])  # [2, 16, 12, 3]
+    out, mask = run(cn.RefSRUpscale, image=image, reference=_image(scene["hr"]), refsr_model=model, tile_size=32)
+    # ComfyUI's device and memory manager first, the cache emptied after; the model back on the CPU
+    assert mm.calls[0] == ("free_memory", mm.calls[0][1], comfy_device) and mm.calls[0][1] > 2**20
+    assert moves[0] == comfy_device and moves[-1] == "cpu" and model.device == torch.device("cpu")
+    assert mm.calls[-1] == ("soft_empty_cache",)
+    assert out.shape == (2, 64, 48, 3) and out.dtype == torch.float32
+    assert mask.shape == (2, 64, 48) and mask.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 1 and 0 <= mask.min() and mask.max() <= 1
+    assert out.std() > 0.05  # an image, not a constant
+    # every image of the batch is what the core gives for it alone (the batch is a loop, nothing else)
+    for b in range(2):
+        alone, conf = napari_refsr.upscale(model, scene["lr"][b], scene["hr"], tile=32, device="cpu",
+                                           value_range=(0, 1), return_confidence=True)
+        np.testing.assert_allclose(out[b].numpy(), np.clip(alone, 0, 1), atol=1e-6)
+        np.testing.assert_allclose(mask[b].numpy(), np.clip(conf, 0, 1), atol=1e-6)
+    # progress through comfy.utils.ProgressBar: counts up to the total over both images
+    values = [v for v, _ in events]
+    assert values == sorted(values) and events[-1][0] == events[-1][1] and len(events) == events[-1][1] == 2
+
+
+def test_several_references_second_third_input_and_batch(model, scene):
+    lr = _image(scene["lr"][0])
+    hr, noise = _image(scene["hr"]), _image(scene["noise"])
+    flipped = _image(np.ascontiguousarray(scene["noise"][::-1]))
+    out_inputs, conf_inputs = run(cn.RefSRUpscale, image=lr, reference=noise, refsr_model=model, tile_size=64,
+                                  reference_2=flipped, reference_3=hr)
+    out_batch, conf_batch = run(cn.RefSRUpscale, image=lr, reference=torch.cat([noise, flipped, hr]),
+                                refsr_model=model, tile_size=64)
+    # a reference batch is the same as the references on separate inputs
+    torch.testing.assert_close(out_inputs, out_batch, rtol=0, atol=0)
+    torch.testing.assert_close(conf_inputs, conf_batch, rtol=0, atol=0)
+    # the core sees three references, and most texture comes from the matching third one
+    res = napari_refsr.upscale_detailed(model, scene["lr"][0], [scene["noise"], flipped[0].numpy(), scene["hr"]],
+                                        tile=64, device="cpu", value_range=(0, 1))
+    np.testing.assert_allclose(out_inputs[0].numpy(), np.clip(res.image, 0, 1), atol=1e-6)
+    assert set(np.unique(res.source[..., 0])) <= {0, 1, 2} and (res.source[..., 0] == 2).mean() > 0.5
+
+
+def test_out_of_memory_retries_with_smaller_tiles(model, scene, monkeypatch):
+    """ComfyUI's OOM_EXCEPTION raised once by the network: the node still delivers, with 32-pixel tiles."""
+    assert mm.OOM_EXCEPTION is torch.cuda.OutOfMemoryError
+    lr, ref = _image(scene["big"]), _image(scene["hr"])
+    (expected, expected_mask) = run(cn.RefSRUpscale, image=lr, reference=ref, refsr_model=model, tile_size=32)
+    original = model.network.forward_bank
+    tiles = []
+
+    def flaky(lr_t, up_t, banks):
+        tiles.append(tuple(lr_t.shape[-2:]))
+        if len(tiles) == 1:
+            raise mm.OOM_EXCEPTION("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return original(lr_t, up_t, banks)
+
+    monkeypatch.setattr(model.network, "forward_bank", flaky)
+    out, mask = run(cn.RefSRUpscale, image=lr, reference=ref, refsr_model=model, tile_size=64)
+    assert tiles == [(36, 16), (32, 16), (32, 16)]  # one 36-pixel tile failed; two 32-pixel tiles ran
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(mask, expected_mask, rtol=0, atol=0)
+
+
+def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monkeypatch):
+    def always(*args):
+        raise mm.OOM_EXCEPTION("CUDA out of memory.")
+
+    monkeypatch.setattr(model.network, "forward_bank", always)
+    with pytest.raises(RefSRError, match="out of memory even with 32-pixel tiles"):
+        run(cn.RefSRUpscale, image=_image(scene["lr"][0]), reference=_image(scene["hr"]), refsr_model=model,
+            tile_size=128)
+    assert mm.calls[-1] == ("soft_empty_cache",) and model.device.type == "cpu"
+
+
+def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):
+    """The server's progress hook raises InterruptProcessingException when the user cancels."""
+    events = []
+
+    def server_hook(value, total, preview, node_id=None):
+        events.append((value, total))
+        if value == 1:
+            mm.interrupt_current_processing(True)  # the user presses Cancel during the first tile
+        mm.throw_exception_if_processing_interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(server_hook)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(cn.RefSRUpscale, image=_image(scene["big"]), reference=_image(scene["hr"]), refsr_model=model,
+            tile_size=32)
+    assert events == [(1, 2)]  # stopped after the first of two tiles
+    assert not mm.processing_interrupted() and model.device.type == "cpu"
+
+
+def test_interrupt_without_a_progress_hook_stops_the_node(model, scene, monkeypatch):
+    """Without a server hook the node's own interrupt check (the core's cancel) stops the run."""
+    original = model.network.forward_bank
+    tiles = []
+
+    def cancel_after_first(*args):
+        tiles.append(1)
+        mm.interrupt_current_processing(True)
+        return original(*args)
+
+    monkeypatch.setattr(model.network, "forward_bank", cancel_after_first)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(cn.RefSRUpscale, image=_image(scene["big"]), reference=_image(scene["hr"]), refsr_model=model,
+            tile_size=32)
+    assert len(tiles) == 1 and not mm.processing_interrupted()
+
+
+def test_bad_inputs_are_clear_errors(model, scene):
+    with pytest.raises(RefSRError, match=r"image must be a ComfyUI IMAGE batch \[B, H, W, C\]; got \(16, 12, 3\)"):
+        run(cn.RefSRUpscale, image=torch.from_numpy(scene["lr"][0]), reference=_image(scene["hr"]),
+            refsr_model=model, tile_size=32)
+    tiny_ref = torch.rand(1, 8, 8, 3)
+    with pytest.raises(RefSRError, match="reference 1 .* too small"):
+        run(cn.RefSRUpscale, image=_image(scene["lr"][0]), reference=tiny_ref, refsr_model=model, tile_size=32)
