@@ -126,17 +126,21 @@ def _shift_tables(shapes: Sequence[tuple[int, int]], scale: int, device) -> tupl
     return torch.cat([b.reshape(-1) for b in bases]), torch.cat(widths)
 
 
-def transfer(
-    index: torch.Tensor, values: Sequence[torch.Tensor], scale: int, *, average_overlaps: bool = False
-) -> torch.Tensor:
-    """Texture map T for ``index`` (H, W) from the reference value maps of one level.
+FOLD_BYTES = 128 * 2**20  # up to this size transfer uses the reference's unfold → gather → fold
 
-    ``values[i]`` is reference i's (C, h_i·scale, w_i·scale) feature map, where (h_i, w_i) is
-    its key grid. Patches are 3·scale wide with stride ``scale`` and padding ``scale`` (3/6/12
-    for levels 3/2/1), summed where they overlap and divided by 9 as the reference TTSR does,
-    or, with ``average_overlaps`` (SRNTT), by the number of patches covering each pixel (fewer
-    than 9 along the border). Differentiable with respect to ``values``. Returns (C, H·scale, W·scale).
-    """
+
+def _transfer_fold(index: torch.Tensor, values: Sequence[torch.Tensor], scale: int) -> torch.Tensor:
+    """Unfold every reference, gather the chosen patches, fold (padded output, not divided)."""
+    h, w = index.shape
+    k = 3 * scale
+    cols = torch.cat([F.unfold(v[None], k, padding=scale, stride=scale)[0] for v in values], dim=1)
+    gathered = cols.index_select(1, index.reshape(-1))
+    out = F.fold(gathered[None], (h * scale + 2 * scale, w * scale + 2 * scale), k, stride=scale)
+    return out[0]
+
+
+def _transfer_offsets(index: torch.Tensor, values: Sequence[torch.Tensor], scale: int) -> torch.Tensor:
+    """The same sum built one kernel offset at a time: memory ∝ the output, whatever the sizes."""
     h, w = index.shape
     k = 3 * scale
     shapes = [(v.shape[1] // scale, v.shape[2] // scale) for v in values]
@@ -150,6 +154,30 @@ def transfer(
         for ox in range(k):
             vals = flat.index_select(1, corner + oy * row + ox).view(c, h, w)
             out[:, oy : oy + h * scale : scale, ox : ox + w * scale : scale] += vals
+    return out
+
+
+def transfer(
+    index: torch.Tensor, values: Sequence[torch.Tensor], scale: int, *, average_overlaps: bool = False
+) -> torch.Tensor:
+    """Texture map T for ``index`` (H, W) from the reference value maps of one level.
+
+    ``values[i]`` is reference i's (C, h_i·scale, w_i·scale) feature map, where (h_i, w_i) is
+    its key grid. Patches are 3·scale wide with stride ``scale`` and padding ``scale`` (3/6/12
+    for levels 3/2/1), summed where they overlap and divided by 9 as the reference TTSR does,
+    or, with ``average_overlaps`` (SRNTT), by the number of patches covering each pixel (fewer
+    than 9 along the border). Differentiable with respect to ``values``. Returns (C, H·scale, W·scale).
+    Small problems (up to ``FOLD_BYTES`` of unfolded patches) use unfold → gather → fold; larger
+    ones build the same sum offset by offset, so memory stays proportional to the output.
+    """
+    h, w = index.shape
+    k = 3 * scale
+    c = values[0].shape[0]
+    n_keys = sum(v.shape[1] * v.shape[2] for v in values) // (scale * scale)
+    if (n_keys + h * w) * c * k * k * values[0].element_size() <= FOLD_BYTES:
+        out = _transfer_fold(index, values, scale)  # small (training crops): fastest, esp. backward
+    else:
+        out = _transfer_offsets(index, values, scale)
     out = out[:, scale : scale + h * scale, scale : scale + w * scale]
     if not average_overlaps:
         return out / 9.0

@@ -1,0 +1,169 @@
+"""Training checkpoints: atomic writes, RNG state capture, rotation (last N + best), resume.
+
+A training checkpoint is one ``torch.save`` dict (``format: napari-refsr-train``) holding the
+whole run state — network, optimizers, discriminator, scheduler, AMP scaler, step/epoch and the
+python/numpy/torch RNG states of every process — stored with plain types only, so it loads with
+``weights_only=True``. Inference exports use :func:`napari_refsr.weights.save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_refsr.errors import RefSRError
+
+__all__ = ["TRAIN_FORMAT", "atomic_torch_save", "load_training_checkpoint", "rng_state", "set_rng_state",
+           "CheckpointManager"]
+
+TRAIN_FORMAT = "napari-refsr-train"
+TRAIN_VERSION = 1
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the target folder, fsync, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_training_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A training checkpoint written by :class:`CheckpointManager` (safe ``weights_only`` load)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RefSRError(f"training checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt file, foreign pickle, ...
+        raise RefSRError(f"cannot read training checkpoint {path}: {str(err).splitlines()[0][:200]}") from None
+    if not isinstance(obj, dict) or obj.get("format") != TRAIN_FORMAT:
+        raise RefSRError(f"{path} is not a napari-refsr training checkpoint (to fine-tune from model "
+                         f"weights use model.init=PATH instead of --resume)")
+    return obj
+
+
+def rng_state() -> dict:
+    """This process's python, numpy and torch (CPU + CUDA) RNG states, as plain data/tensors."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": _to_plain(random.getstate()),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np.asarray(np_state["state"]["key"]).astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(_from_plain(state["python"]))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": int(n["pos"])},
+                         "has_gauss": int(n["has_gauss"]), "gauss": float(n["gauss"])})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _to_plain(obj):
+    if isinstance(obj, tuple):
+        return {"tuple": [_to_plain(x) for x in obj]}
+    return obj
+
+
+def _from_plain(obj):
+    if isinstance(obj, dict) and set(obj) == {"tuple"}:
+        return tuple(_from_plain(x) for x in obj["tuple"])
+    return obj
+
+
+class CheckpointManager:
+    """``<folder>/step_XXXXXXXX.pt`` files (the last ``keep_last`` kept) and ``best.pt``."""
+
+    def __init__(self, folder: str | Path, keep_last: int = 3):
+        self.folder = Path(folder)
+        self.keep_last = max(1, int(keep_last))
+
+    def step_files(self) -> list[tuple[int, Path]]:
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        files = self.step_files()
+        return files[-1][1] if files else None
+
+    def remove_partial(self) -> None:
+        """Temp files left by a process killed while writing (the real files are intact)."""
+        if self.folder.is_dir():
+            for p in self.folder.glob(".*.tmp"):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+
+    def save(self, state: dict, step: int, *, best: bool = False) -> Path:
+        state = dict(state, format=TRAIN_FORMAT, version=TRAIN_VERSION)
+        path = atomic_torch_save(state, self.folder / f"step_{step:08d}.pt")
+        if best:
+            self._link(path, self.folder / "best.pt")
+        for _, old in self.step_files()[: -self.keep_last]:
+            try:
+                old.unlink()
+            except OSError:
+                pass
+        return path
+
+    @staticmethod
+    def _link(src: Path, dst: Path) -> None:
+        """Atomically make ``dst`` the same file as ``src`` (hard link, or a copy where links fail)."""
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)

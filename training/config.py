@@ -1,0 +1,193 @@
+"""Training configuration: paper defaults, a YAML file on top, then ``key=value`` overrides.
+
+The config is a nested dict with fixed sections (``model``, ``data``, ``loss``, ``optim``,
+``train``, ``run``). Overrides use dotted keys (``loss.adv=0``, ``train.batch=4``) whose values
+are parsed as YAML scalars/lists; unknown keys are errors, so a typo never trains silently with a
+default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from napari_refsr.errors import RefSRError
+
+__all__ = ["DEFAULTS", "load_config", "apply_overrides", "set_key", "rec_only", "check_config"]
+
+# Paper / reference-code defaults (TTSR, CVPR 2020; researchmm/TTSR train.sh).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {
+        "n_feats": 64,
+        "num_res_blocks": [16, 16, 8, 4],
+        "res_scale": 1.0,
+        # fine-tune from a registry name or checkpoint path; null = train from scratch
+        "init": None,
+        # VGG19 ImageNet weights for the LTE initialisation (from scratch) and the perceptual
+        # loss: a registry name, a torchvision .pth path, or null (random; tests only)
+        "vgg_weights": "vgg19",
+    },
+    "data": {
+        "train": None,  # CUFED root (train/input, train/ref) or a plain folder of images
+        "layout": "auto",  # auto | cufed | folder
+        "ref_dir": None,  # plain folder: paired references (same file stem)
+        "val": None,  # CUFED root / CUFED5 folder / plain folder; null = no validation
+        "val_ref_dir": None,
+        "val_level": 1,  # CUFED5 reference level 1..5 or "all"
+        "val_crop": None,  # centre-crop validation HR images to this size (speed); null = whole
+        "val_max_images": None,
+        "crop": 160,  # HR / Ref training crop (LR = crop / 4)
+        "min_ref": 32,  # smallest usable automatic reference (pixels)
+        "blur": 0.0,  # Gaussian blur sigma (HR pixels) before ×4 downsampling; [a, b] = random
+        "noise": 0.0,  # Gaussian noise std on LR (0..1 units); [a, b] = random
+        "flip": True,
+        "rot90": True,
+        "workers": 2,
+        "percentiles": [0.1, 99.9],  # intensity window of non-8-bit images
+    },
+    "loss": {
+        "rec": 1.0,  # L1 reconstruction
+        "per": 1.0e-2,  # perceptual MSE on VGG19 relu5_1
+        "tpl": 1.0e-2,  # transferal perceptual loss
+        "adv": 1.0e-3,  # WGAN-GP
+        "tpl_use_S": False,
+        "tpl_type": "l2",
+        "gan_k": 2,  # discriminator steps per generator step
+        "gp": 10.0,  # gradient-penalty weight
+    },
+    "optim": {
+        "lr": 1.0e-4,
+        "lr_lte": 1.0e-5,
+        "lr_dis": 1.0e-4,
+        "betas": [0.9, 0.999],
+        "betas_dis": [0.0, 0.9],
+        "eps": 1.0e-8,
+        "decay": 999999,  # StepLR step size in epochs (the reference's default: never)
+        "gamma": 0.5,
+    },
+    "train": {
+        "batch": 9,  # per process; effective batch = batch × processes
+        "init_epochs": 2,  # reconstruction-only warm-up epochs
+        "epochs": 50,  # epochs with every loss on, after the warm-up
+        "max_steps": None,  # stop after this many optimisation steps (null = run all epochs)
+        "amp": True,  # mixed precision on CUDA (ignored on CPU)
+        "amp_dtype": "auto",  # auto (bf16 where supported, else fp16) | float16 | bfloat16
+        "seed": 0,
+        "device": "auto",
+        "threads": None,  # torch CPU threads (null = PyTorch's default)
+        "find_unused_parameters": False,
+    },
+    "run": {
+        "out": "runs/ttsr",
+        "log_every": 10,  # steps between CSV/TensorBoard rows
+        "val_every": 1000,  # steps; 0 = only at the end
+        "val_at_start": True,  # validate the initial model too (the "before" numbers)
+        "ckpt_every": 1000,  # steps; a checkpoint is also written at every epoch end and at the end
+        "keep_last": 3,
+        "export": None,  # inference checkpoint written at the end (default: <out>/model.pt)
+        "progress": True,
+    },
+}
+
+
+def _merge(base: dict, extra: dict, where: str) -> None:
+    for key, value in extra.items():
+        if key not in base:
+            known = ", ".join(sorted(base))
+            raise RefSRError(f"unknown config key {where}{key!r}; known keys here: {known}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise RefSRError(f"config section {where}{key} must be a mapping, got {value!r}")
+            _merge(base[key], value, f"{where}{key}.")
+        else:
+            base[key] = value
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *, base: dict | None = None) -> dict:
+    """``base`` (default: the paper defaults), then the YAML file (if any), then ``key=value`` overrides."""
+    config = copy.deepcopy(DEFAULTS)
+    if base is not None:
+        _merge(config, copy.deepcopy(base), "")
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RefSRError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise RefSRError(f"config file {p} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise RefSRError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        _merge(config, loaded, "")
+    apply_overrides(config, overrides)
+    return config
+
+
+def set_key(config: dict, dotted: str, value: Any) -> None:
+    """Set ``section.key`` (the section may be omitted when the key name is unique)."""
+    parts = dotted.split(".")
+    if len(parts) == 1:
+        owners = [s for s, sec in config.items() if isinstance(sec, dict) and parts[0] in sec]
+        if len(owners) != 1:
+            raise RefSRError(f"unknown or ambiguous config key {dotted!r}; use section.key "
+                             f"(sections: {', '.join(config)})")
+        parts = [owners[0], parts[0]]
+    node = config
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise RefSRError(f"unknown config key {dotted!r}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise RefSRError(f"unknown config key {dotted!r}; known in this section: {', '.join(sorted(node))}")
+    node[parts[-1]] = value
+
+
+def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``key=value`` strings; values are YAML (``1e-4``, ``null``, ``[16,16,8,4]``, ``true``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise RefSRError(f"override {item!r} must look like key=value (e.g. loss.adv=0)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise RefSRError(f"override {item!r}: value is not valid YAML ({err})") from err
+        set_key(config, key.strip(), value)
+    return config
+
+
+def rec_only(config: dict) -> dict:
+    """The -rec variant: reconstruction loss only, no warm-up phase."""
+    for key in ("per", "tpl", "adv"):
+        config["loss"][key] = 0.0
+    config["train"]["init_epochs"] = 0
+    return config
+
+
+def check_config(config: dict) -> dict:
+    """Validate values that would otherwise fail deep inside training."""
+    d, loss, tr = config["data"], config["loss"], config["train"]
+    crop = d["crop"]
+    if not isinstance(crop, int) or crop < 32 or crop % 4:
+        raise RefSRError(f"data.crop must be an integer >= 32 and a multiple of 4, got {crop!r}")
+    if float(loss["adv"]) > 0 and crop % 32:
+        raise RefSRError(f"the discriminator needs data.crop to be a multiple of 32 (got {crop}); "
+                         "use e.g. 160 or set loss.adv=0")
+    if float(loss["rec"]) <= 0:
+        raise RefSRError("loss.rec must be > 0: the reconstruction loss anchors every TTSR variant")
+    if loss["tpl_type"] not in ("l1", "l2"):
+        raise RefSRError(f"loss.tpl_type must be l1 or l2, got {loss['tpl_type']!r}")
+    if int(tr["batch"]) < 1:
+        raise RefSRError(f"train.batch must be >= 1, got {tr['batch']!r}")
+    if tr["max_steps"] is not None and int(tr["max_steps"]) < 0:
+        raise RefSRError(f"train.max_steps must be >= 0, got {tr['max_steps']!r}")
+    if str(d["layout"]) not in ("auto", "cufed", "folder"):
+        raise RefSRError(f"data.layout must be auto, cufed or folder, got {d['layout']!r}")
+    if str(d["val_level"]) not in ("1", "2", "3", "4", "5", "all"):
+        raise RefSRError(f"data.val_level must be 1..5 or all, got {d['val_level']!r}")
+    if tr["amp_dtype"] not in ("auto", "float16", "bfloat16"):
+        raise RefSRError(f"train.amp_dtype must be auto, float16 or bfloat16, got {tr['amp_dtype']!r}")
+    return config

@@ -1,0 +1,203 @@
+"""TTSR's training objective: L1, VGG19 perceptual, transferal perceptual and WGAN-GP losses.
+
+Behaviour follows the reference code (researchmm/TTSR ``loss/``): perceptual MSE on VGG19
+relu5_1 of images in [0, 1] (ImageNet-normalised), the transferal perceptual loss as the mean
+over the three LTE levels of MSE(LTE(SR), T) through a frozen copy of the LTE synced from the
+trained one, and WGAN-GP with the reference discriminator, gradient-penalty weight 10 and k = 2
+discriminator steps per generator step (Adam betas (0, 0.9)).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from napari_refsr.archs.ttsr import IMAGENET_MEAN, IMAGENET_STD, MeanShift
+from napari_refsr.errors import RefSRError
+
+__all__ = ["VGG19Features", "load_vgg19_state", "PerceptualLoss", "TransferalPerceptualLoss",
+           "Discriminator", "WGANGP", "reconstruction_loss"]
+
+# torchvision's vgg19().features configuration, up to relu5_1 (index 29)
+_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512]
+
+
+def reconstruction_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """L1 between the SR and HR images (the reference's ``rec`` loss)."""
+    return F.l1_loss(sr, hr)
+
+
+def load_vgg19_state(source: str | Path | None, *, progress: bool = True) -> dict[str, torch.Tensor] | None:
+    """torchvision VGG19 state dict from a registry name (``"vgg19"``) or a file; None → None."""
+    if source is None or source == "":
+        return None
+    from napari_refsr import weights
+
+    path = Path(str(source)).expanduser()
+    if not path.is_file():
+        if str(source) not in weights.REGISTRY:
+            raise RefSRError(f"VGG19 weights {source!r} are neither a file nor a registry name")
+        path = weights.fetch(str(source), progress=progress)
+    state = weights.load_state_dict_file(path)
+    if not any(k.startswith("features.") for k in state):
+        raise RefSRError(f"{path} does not look like torchvision VGG19 weights (no 'features.*' keys)")
+    return state
+
+
+class VGG19Features(nn.Module):
+    """VGG19 up to relu5_1 (torchvision layer indices 0..29), frozen; input RGB in [0, 1].
+
+    Built from plain layers so torchvision's ``features.N.*`` weights load without torchvision.
+    ``state=None`` keeps the random initialisation (tests only: the loss is then meaningless).
+    """
+
+    def __init__(self, state: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        if state is not None:
+            missing = [k for k in self.weight_names() if k not in state]
+            if missing:
+                raise RefSRError(f"VGG19 weights lack {len(missing)} tensor(s) up to relu5_1, e.g. {missing[0]}")
+        layers: list[nn.Module] = []
+        cin = 3
+        for v in _VGG19_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+                cin = v
+        self.features = nn.Sequential(*layers)  # 30 modules: ends with relu5_1
+        self.sub_mean = MeanShift(IMAGENET_MEAN, IMAGENET_STD)
+        if state is not None:
+            self.features.load_state_dict({k[len("features."):]: state[k] for k in self.weight_names()})
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def weight_names() -> list[str]:
+        """torchvision state-dict keys of the layers up to relu5_1 (``features.N.weight/bias``)."""
+        names, i = [], 0
+        for v in _VGG19_CFG:
+            if v == "M":
+                i += 1
+            else:
+                names += [f"features.{i}.weight", f"features.{i}.bias"]
+                i += 2
+        return names
+
+    def train(self, mode: bool = True) -> "VGG19Features":
+        return super().train(False)  # always a fixed feature extractor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.sub_mean(x))
+
+
+class PerceptualLoss(nn.Module):
+    """MSE between VGG19 relu5_1 features of SR and HR (images in [-1, 1])."""
+
+    def __init__(self, vgg: VGG19Features):
+        super().__init__()
+        self.vgg = vgg
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        sr_feat = self.vgg((sr + 1.0) / 2.0)
+        with torch.no_grad():
+            hr_feat = self.vgg((hr.detach() + 1.0) / 2.0)
+        return F.mse_loss(sr_feat.float(), hr_feat.float())
+
+
+class TransferalPerceptualLoss(nn.Module):
+    """Mean over levels 3/2/1 of the distance between LTE(SR) and the transferred textures T.
+
+    LTE(SR) comes from a frozen copy of the trained LTE, re-synced before every use, so the loss
+    pulls SR towards T without changing the extractor through this path (the reference's
+    ``LTE_copy``). ``use_S`` weights both sides by sigmoid(S) at each level.
+    """
+
+    def __init__(self, lte: nn.Module, *, use_S: bool = False, kind: str = "l2"):
+        super().__init__()
+        self.lte_copy = copy.deepcopy(lte).requires_grad_(False)
+        self.use_S = use_S
+        self.dist = F.mse_loss if kind == "l2" else F.l1_loss
+
+    def forward(self, lte: nn.Module, sr, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
+        self.lte_copy.load_state_dict(lte.state_dict())
+        lv1, lv2, lv3 = self.lte_copy((sr + 1.0) / 2.0)
+        if self.use_S:
+            h, w = S.shape[-2:]
+            s3 = torch.sigmoid(S)
+            s2 = torch.sigmoid(F.interpolate(S, size=(2 * h, 2 * w), mode="bicubic"))
+            s1 = torch.sigmoid(F.interpolate(S, size=(4 * h, 4 * w), mode="bicubic"))
+        else:
+            s3 = s2 = s1 = 1.0
+        total = sum(self.dist((a * s).float(), (t * s).float())
+                    for a, t, s in ((lv3, T_lv3, s3), (lv2, T_lv2, s2), (lv1, T_lv1, s1)))
+        return total / 3.0
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=True)
+
+
+class Discriminator(nn.Module):
+    """The reference discriminator: 10 3×3 convs (32→512, stride 2 every other) with
+    LeakyReLU 0.2, then fc 512·(size/32)² → 1024 → 1. ``size`` is the HR crop (multiple of 32)."""
+
+    def __init__(self, size: int = 160):
+        super().__init__()
+        if size % 32:
+            raise RefSRError(f"the discriminator needs an input size that is a multiple of 32, got {size}")
+        self.size = size
+        layers: list[nn.Module] = []
+        cin = 3
+        for cout in (32, 64, 128, 256, 512):
+            layers += [_conv(cin, cout), nn.LeakyReLU(0.2), _conv(cout, cout, 2), nn.LeakyReLU(0.2)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.fc1 = nn.Linear((size // 32) ** 2 * 512, 1024)
+        self.fc2 = nn.Linear(1024, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).flatten(1)
+        return self.fc2(F.leaky_relu(self.fc1(x), 0.2))
+
+
+class WGANGP:
+    """WGAN-GP training of the discriminator and the generator's adversarial loss.
+
+    :meth:`discriminator_steps` runs ``k`` critic updates on detached SR (fake) vs HR (real),
+    each with the gradient penalty ``gp · (‖∇D(x̂)‖₂ − 1)²`` on random interpolates, in fp32.
+    ``reduce_grads`` (e.g. an all-reduce across processes) runs between backward and step.
+    :meth:`generator_loss` is ``−mean D(SR)`` with the critic frozen.
+    """
+
+    def __init__(self, discriminator: Discriminator, optimizer: torch.optim.Optimizer, *, k: int = 2,
+                 gp: float = 10.0, reduce_grads=None):
+        self.D, self.optimizer, self.k, self.gp = discriminator, optimizer, int(k), float(gp)
+        self.reduce_grads = reduce_grads
+
+    def discriminator_steps(self, fake: torch.Tensor, real: torch.Tensor) -> float:
+        fake, real = fake.detach().float(), real.detach().float()
+        self.D.requires_grad_(True)
+        loss_value = 0.0
+        for _ in range(self.k):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.D(fake).mean() - self.D(real).mean()
+            eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+            hat = (fake * (1 - eps) + real * eps).requires_grad_(True)
+            grad = torch.autograd.grad(self.D(hat).sum(), hat, create_graph=True)[0]
+            penalty = (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+            loss = loss + self.gp * penalty
+            loss.backward()
+            if self.reduce_grads is not None:
+                self.reduce_grads(self.D)
+            self.optimizer.step()
+            loss_value = float(loss.detach())
+        self.D.requires_grad_(False)
+        return loss_value
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        return -self.D(fake.float()).mean()
