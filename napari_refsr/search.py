@@ -18,7 +18,6 @@ SRNTT normalises only the key patches (``normalize_query=False``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np

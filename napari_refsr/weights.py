@@ -708,26 +708,33 @@ def save_checkpoint(
     else:
         obj = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "config": json.loads(config_json),
                "meta": json.loads(meta_json), "state_dict": tensors}
+    try:
+        return atomic_write(path, (lambda f: f.write(payload)) if suffix == ".safetensors" else
+                            (lambda f: torch.save(obj, f)))
+    except OSError as exc:
+        raise WeightsError(f"could not write {path} ({exc.strerror or exc})") from exc
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename it into place:
+    readers see the old file or the whole new one, never half a file. Exceptions propagate and
+    leave no temp file behind."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            if suffix == ".safetensors":
-                f.write(payload)
-            else:
-                torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except OSError as exc:
-        raise WeightsError(f"could not write {path} ({exc.strerror or exc})") from exc
     finally:
         _remove(Path(tmp_name))
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename durable where the OS allows it (POSIX); harmless elsewhere."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "n_feats": 64,
         "num_res_blocks": [16, 16, 8, 4],
         "res_scale": 1.0,
+        # add LR↑ to the output (residual learning; starts at bicubic quality). The published
+        # TTSR has no such skip (false); the compact shipped default uses it
+        "global_skip": False,
         # fine-tune from a registry name or checkpoint path; null = train from scratch
         "init": None,
         # VGG19 ImageNet weights for the LTE initialisation (from scratch) and the perceptual

@@ -329,7 +329,7 @@ class Trainer:
                 self.log(f"fine-tuning from {path} ({ckpt.source_format} format, config {ckpt.config})")
             return net
         net = TTSR(TTSRConfig(n_feats=int(m["n_feats"]), num_res_blocks=tuple(m["num_res_blocks"]),
-                              res_scale=float(m["res_scale"])))
+                              res_scale=float(m["res_scale"]), global_skip=bool(m.get("global_skip", False))))
         if vgg_state is not None:
             net.LTE.load_vgg19(vgg_state)
         return net

@@ -34,6 +34,7 @@ class TTSRConfig:
     num_res_blocks: tuple[int, int, int, int] = (16, 16, 8, 4)
     res_scale: float = 1.0
     scale: int = 4
+    global_skip: bool = False  # add LR↑ to the output (residual learning); False = published TTSR
     arch: str = field(default="ttsr")
 
     def __post_init__(self) -> None:
@@ -212,11 +213,12 @@ class MergeTail(nn.Module):
         self.conv_tail1 = conv3x3(n_feats, n_feats // 2)
         self.conv_tail2 = conv1x1(n_feats // 2, 3)
 
-    def forward(self, x1, x2, x3):
+    def forward(self, x1, x2, x3, skip: torch.Tensor | None = None):
         x13 = F.relu(self.conv13(up(x1, 4)))
         x23 = F.relu(self.conv23(up(x2, 2)))
         x = F.relu(self.conv_merge(torch.cat((x3, x13, x23), dim=1)))
-        return torch.clamp(self.conv_tail2(self.conv_tail1(x)), -1, 1)
+        x = self.conv_tail2(self.conv_tail1(x))
+        return torch.clamp(x if skip is None else x + skip, -1, 1)
 
 
 class MainNet(nn.Module):
@@ -249,7 +251,7 @@ class MainNet(nn.Module):
         self.conv33_tail = conv3x3(n_feats, n_feats)
         self.merge_tail = MergeTail(n_feats)
 
-    def forward(self, x, S, T_lv3, T_lv2, T_lv1):
+    def forward(self, x, S, T_lv3, T_lv2, T_lv1, skip: torch.Tensor | None = None):
         x11 = self.SFE(x)
         # stage 1 (×1): soft attention on the fused level-3 texture
         x11 = x11 + self.conv11_head(torch.cat((x11, T_lv3), dim=1)) * S
@@ -271,7 +273,7 @@ class MainNet(nn.Module):
         x31 = x31 + self.conv31_tail(r31)
         x32 = x32 + self.conv32_tail(r32)
         x33 = x33 + self.conv33_tail(r33)
-        return self.merge_tail(x31, x32, x33)
+        return self.merge_tail(x31, x32, x33, skip)
 
 
 class ReferenceBank(NamedTuple):
@@ -311,6 +313,9 @@ class TTSR(nn.Module):
         self.MainNet = MainNet(cfg.num_res_blocks, cfg.n_feats, cfg.res_scale)
         self.LTE = LTE()
         self.search_budget = ts.DEFAULT_BUDGET
+        if cfg.global_skip:  # start exactly at bicubic: the network learns the residual
+            nn.init.zeros_(self.MainNet.merge_tail.conv_tail2.weight)
+            nn.init.zeros_(self.MainNet.merge_tail.conv_tail2.bias)
 
     def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LTE features of images in [-1, 1] (detached input, as in the reference)."""
@@ -359,7 +364,7 @@ class TTSR(nn.Module):
             banks = list(banks) * lr.shape[0]
         parts = [self.search_transfer(query[b], banks[b]) for b in range(lr.shape[0])]
         s, t3, t2, t1, index = (torch.stack(p) for p in zip(*parts))
-        sr = self.MainNet(lr, s, t3, t2, t1)
+        sr = self.MainNet(lr, s, t3, t2, t1, lr_up if self.config.global_skip else None)
         return TTSROutput(sr, s, t3, t2, t1, index)
 
     def forward(self, lr, lr_up, ref, ref_down_up) -> TTSROutput:
