@@ -30,23 +30,34 @@ DEFAULT_BUDGET = 256 * 2**20  # bytes of scratch memory one search may use
 __all__ = ["search", "transfer", "relevance", "decode_index", "dense_search", "DEFAULT_BUDGET"]
 
 
-def _patch_rows(padded: torch.Tensor, p0: int, p1: int, width: int, k: int) -> torch.Tensor:
-    """Flattened k×k patches (C·k·k each, F.unfold order) of positions p0..p1 (row-major)."""
-    y0, y1 = p0 // width, (p1 - 1) // width + 1
-    band = padded[None, :, y0 : y1 + k - 1, :]
-    cols = F.unfold(band, kernel_size=k)[0]  # (C·k·k, rows·width)
-    return cols[:, p0 - y0 * width : p1 - y0 * width].t()
+def _patch_cols(padded: torch.Tensor, p0: int, p1: int, width: int, k: int) -> torch.Tensor:
+    """k×k patches of positions p0..p1 (row-major) as (C·k·k, n) columns in F.unfold order,
+    gathered directly so that only these n patches are ever held."""
+    c, _, wp = padded.shape
+    dev = padded.device
+    pos = torch.arange(p0, p1, device=dev)
+    corner = (pos // width) * wp + pos % width
+    offs = (torch.arange(k, device=dev)[:, None] * wp + torch.arange(k, device=dev)).reshape(-1, 1)
+    cols = padded.reshape(c, -1).index_select(1, (offs + corner).reshape(-1))  # (C, k·k·n)
+    return cols.view(c * k * k, p1 - p0)
 
 
-def _normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
+def _normalize_cols(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=0, keepdim=True).clamp_min(EPS)
 
 
-def _chunk_sizes(n_query: int, dim: int, itemsize: int, budget: int) -> tuple[int, int]:
-    """Query and key chunk lengths whose patches and score block fit in ``budget`` bytes."""
-    query_chunk = max(1, min(n_query, budget // (4 * dim * itemsize)))
-    # keys: their patches (dim) plus the score block and max temporaries (3 per query)
-    key_chunk = max(1, (3 * budget // 4) // (itemsize * (dim + 3 * query_chunk)))
+def _chunk_sizes(n_query: int, dim: int, itemsize: int, budget: int, patch: int = 3) -> tuple[int, int]:
+    """Query and key chunk lengths whose scratch memory stays within ``budget`` bytes.
+
+    Gathering n patches holds their int64 indices, the patches and their normalised copy;
+    a query chunk keeps its normalised patches and ~64 bytes of running max/argmax
+    temporaries per position while the keys stream; a key chunk adds one score per query.
+    Budgets below one query and one key patch are raised to that minimum.
+    """
+    gather = 2 * dim * itemsize + 8 * (patch * patch + 2)  # bytes per gathered position
+    query_chunk = max(1, min(n_query, budget // (2 * gather)))
+    left = budget - query_chunk * (dim * itemsize + 64)
+    key_chunk = max(1, left // (gather + itemsize * query_chunk))
     return query_chunk, key_chunk
 
 
@@ -76,7 +87,7 @@ def search(
     c, h, w = query.shape
     dim = c * patch * patch
     n_query = h * w
-    auto_q, auto_k = _chunk_sizes(n_query, dim, query.element_size(), budget_bytes)
+    auto_q, auto_k = _chunk_sizes(n_query, dim, query.element_size(), budget_bytes, patch)
     query_chunk = query_chunk or auto_q
     key_chunk = key_chunk or auto_k
 
@@ -87,10 +98,9 @@ def search(
 
     for q0 in range(0, n_query, query_chunk):
         q1 = min(n_query, q0 + query_chunk)
-        qp = _patch_rows(q_pad, q0, q1, w, patch)
+        qp_t = _patch_cols(q_pad, q0, q1, w, patch)  # (dim, n): the layout the matmul wants
         if normalize_query:
-            qp = _normalize_rows(qp)
-        qp_t = qp.t().contiguous()
+            qp_t = _normalize_cols(qp_t)
         run_val = best[q0:q1]
         run_idx = best_idx[q0:q1]
         offset = 0
@@ -99,8 +109,9 @@ def search(
             n_key = key.shape[1] * kw
             for k0 in range(0, n_key, key_chunk):
                 k1 = min(n_key, k0 + key_chunk)
-                kp = _normalize_rows(_patch_rows(kp_pad, k0, k1, kw, patch))
-                val, arg = (kp @ qp_t).max(dim=0)
+                kp = _normalize_cols(_patch_cols(kp_pad, k0, k1, kw, patch))
+                val, arg = (kp.t() @ qp_t).max(dim=0)
+                del kp  # free before the next chunk's patches are gathered
                 val = val.float()
                 better = val > run_val
                 run_val = torch.where(better, val, run_val)
