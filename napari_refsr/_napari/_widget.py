@@ -1,0 +1,434 @@
+"""The RefSR dock widget: pick layers and options, run the core in a worker thread, add the result.
+
+A thin shell: layers become arrays and axis choices (:mod:`._convert`), the work is
+``load_model`` + ``upscale_nd`` in a napari ``thread_worker`` (model loading — maybe a download —
+included), and the result becomes layers again. Progress reaches the GUI through a Qt signal
+(queued into the main thread); the Cancel button sets an event that the core checks between
+tiles. Errors are shown with the core's message and no layer is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, Select, SpinBox
+from napari.layers import Image, Layer
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal, Slot
+from qtpy.QtWidgets import QFileDialog
+
+from .. import weights
+from ..errors import Cancelled, RefSRError
+from ..model import DEFAULT_MODEL, load_model
+from ..pipeline import DEFAULT_TILE, MIN_TILE, UpscaleResult, upscale_nd
+from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
+
+__all__ = ["RefSRWidget", "find_checkpoints", "MODELS_ENV", "BROWSE"]
+
+log = logging.getLogger(__name__)
+
+MODELS_ENV = "NAPARI_REFSR_MODELS"
+BROWSE = "<browse>"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+NO_CHANNEL = -1
+
+
+def find_checkpoints(folders: list[Path] | None = None) -> list[Path]:
+    """Exported checkpoints in the models folders (directly inside, or one folder down such as
+    ``runs/<name>/model.pt``). Folders: ``$NAPARI_REFSR_MODELS`` (``os.pathsep``-separated), else
+    ``<weights cache>/models`` and ``./runs`` (where training writes its exports)."""
+    if folders is None:
+        env = os.environ.get(MODELS_ENV)
+        if env:
+            folders = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+        else:
+            folders = [weights.cache_dir() / "models", Path.cwd() / "runs"]
+    found: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for pattern in ("*", "*/*"):
+            for path in sorted(folder.glob(pattern)):
+                if path.suffix.lower() in CHECKPOINT_SUFFIXES and path.is_file() and path not in found:
+                    found.append(path)
+    return found
+
+
+@dataclass
+class _Job:
+    """Everything the worker needs, gathered in the main thread (no Qt objects inside)."""
+
+    model: str
+    device: str
+    half: bool
+    tile: int
+    data: Any  # the LR layer's data (maybe lazy: read in the worker)
+    refs: list[Any]
+    axes: LayerAxes
+
+
+@dataclass
+class _Outcome:
+    kind: str  # "ok" | "cancelled" | "error"
+    result: UpscaleResult | None = None
+    model_name: str = ""
+    factor: int = 4
+    message: str = ""
+    seconds: float = 0.0
+
+
+def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callable[[], bool]) -> _Outcome:
+    """Worker-thread body: load (maybe download) the model, read the data, run the core."""
+    start = time.perf_counter()
+    try:
+        report(0, 0, "loading model…")
+        model = load_model(job.model, device=job.device, half=job.half)
+        if cancel():
+            raise Cancelled("cancelled")
+        report(0, 0, "reading data…")
+        lr = np.asarray(job.data)
+        refs = [np.asarray(r) for r in job.refs]
+        result = upscale_nd(model, lr, refs, spatial_axes=job.axes.spatial, channel_axis=job.axes.channel,
+                            tile=job.tile, progress=lambda done, total: report(done, total, ""),
+                            cancel=cancel)
+    except Cancelled:
+        return _Outcome("cancelled", seconds=time.perf_counter() - start)
+    except RefSRError as err:
+        return _Outcome("error", message=str(err))
+    except MemoryError:
+        return _Outcome("error", message="not enough memory for this image; use smaller tiles or a smaller image")
+    except Exception as err:  # noqa: BLE001 - shown to the user; the traceback goes to the log
+        log.exception("RefSR failed")
+        return _Outcome("error", message=f"RefSR failed: {type(err).__name__}: {err}")
+    return _Outcome("ok", result, model.name, int(model.scale), seconds=time.perf_counter() - start)
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread into the main thread (queued Qt signal)."""
+
+    progress = Signal(int, int, str)
+
+    def __init__(self, callback: Callable[[int, int, str], None]):
+        super().__init__()
+        self._callback = callback
+        self.progress.connect(self._deliver)
+
+    def report(self, done: int, total: int, message: str) -> None:  # called in the worker thread
+        self.progress.emit(done, total, message)
+
+    @Slot(int, int, str)
+    def _deliver(self, done: int, total: int, message: str) -> None:  # runs in the main thread
+        self._callback(done, total, message)
+
+
+class RefSRWidget(Container):
+    """Reference-based ×4 super-resolution of an image layer, with texture from reference layers."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._extra_checkpoints: list[str] = []
+        self._last_model = DEFAULT_MODEL
+        self._axes_layer: Layer | None = None
+        self._worker = None
+        self._cancel = threading.Event()
+        #: ``relay.progress(done, total, message)``: a Qt signal emitted in the worker thread
+        self.relay = _Relay(self._on_progress)
+        self._closed = False
+
+        self.image = ComboBox(label="Low-res image", choices=self._image_choices, nullable=True)
+        self.references = Select(label="References", choices=self._reference_choices)
+        self.y_axis = ComboBox(label="Y axis", choices=self._axis_choices)
+        self.x_axis = ComboBox(label="X axis", choices=self._axis_choices)
+        self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
+        self.model = ComboBox(label="Model", choices=self._model_choices, value=DEFAULT_MODEL)
+        self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self.precision = ComboBox(label="Precision", choices=("float32", "float16"), value="float32",
+                                  tooltip="float16 is used on CUDA GPUs only")
+        self.tile = SpinBox(label="Tile (LR px)", min=MIN_TILE, max=4096, step=16, value=DEFAULT_TILE,
+                            tooltip="LR pixels per tile; smaller tiles need less memory")
+        self.add_confidence = CheckBox(text="Add confidence layer", value=False)
+        self.add_source = CheckBox(text="Add source-in-reference layers", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
+        self.status = Label(label="Status", value="ready")
+        buttons = Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button])
+        self.extend([self.image, self.references, self.y_axis, self.x_axis, self.channel_axis, self.model,
+                     self.device, self.precision, self.tile, self.add_confidence, self.add_source, buttons,
+                     self.progress, self.status])
+
+        self.image.changed.connect(self._on_image_changed)
+        self.model.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        layers = viewer.layers
+        layers.events.inserted.connect(self._on_inserted)
+        layers.events.removed.connect(self._refresh_layers)
+        layers.events.moved.connect(self._refresh_layers)
+        for layer in layers:
+            layer.events.name.connect(self._refresh_layers)
+        self.native.destroyed.connect(self._on_destroyed)  # closing the dock stops the work
+        self._refresh_layers()
+        self._select_sample_roles(list(layers))
+
+    # ----------------------------------------------------------------------------- choices
+
+    def _images(self) -> list[Image]:
+        """Image layers that can be an input or a reference (not our confidence/source maps)."""
+        return [layer for layer in self._viewer.layers
+                if isinstance(layer, Image) and COMPANION_KEY not in layer.metadata]
+
+    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self._images()]
+
+    def _reference_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        lr = self.image.value if hasattr(self, "image") else None
+        return [(layer.name, layer) for layer in self._images() if layer is not lr]
+
+    def _data_axes(self) -> list[int]:
+        """Data axes a user may call Y or X: all but an RGB layer's colour axis."""
+        layer = self.image.value if hasattr(self, "image") else None
+        if layer is None or getattr(layer, "multiscale", False):
+            return []
+        return list(range(layer.ndim))
+
+    def _axis_name(self, axis: int) -> str:
+        """``"z (axis 0, 3 px)"`` for a labelled axis, ``"axis 0 (3 px)"`` for napari's default labels."""
+        layer = self.image.value
+        size = layer.data.shape[axis]
+        label = str(layer.axis_labels[axis]) if axis < len(layer.axis_labels) else ""
+        if label and label != str(axis - layer.ndim):
+            return f"{label} (axis {axis}, {size} px)"
+        return f"axis {axis} ({size} px)"
+
+    def _axis_choices(self, _widget=None) -> list[tuple[str, int]]:
+        return [(self._axis_name(a), a) for a in self._data_axes()]
+
+    def _channel_choices(self, _widget=None) -> list[tuple[str, int]]:
+        layer = self.image.value if hasattr(self, "image") else None
+        if layer is not None and layer.rgb:
+            return [("colour (RGB layer)", NO_CHANNEL)]
+        return [("none: loop over the other axes", NO_CHANNEL)] + self._axis_choices()
+
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        items: list[tuple[str, str]] = []
+        for name, spec in weights.REGISTRY.items():
+            if spec.format == "vgg19":  # the training feature extractor, not a super-resolution model
+                continue
+            cached = weights.weights_path(name).is_file()
+            items.append((name if cached else f"{name} (downloads on first use)", name))
+        paths = [Path(p) for p in self._extra_checkpoints] + find_checkpoints()
+        seen = set()
+        for path in paths:
+            if str(path) not in seen:
+                seen.add(str(path))
+                items.append((f"{path.name} ({path.parent})", str(path)))
+        items.append(("Browse for a checkpoint…", BROWSE))
+        return items
+
+    # ----------------------------------------------------------------------------- events
+
+    def _on_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._select_sample_roles([event.value])
+
+    def _select_sample_roles(self, layers: list[Layer]) -> None:
+        """Layers from the sample data say whether they are the LR image or a reference."""
+        role = lambda layer: isinstance(layer, Image) and layer.metadata.get(SAMPLE_ROLE_KEY)  # noqa: E731
+        lrs = [layer for layer in layers if role(layer) == "lr"]
+        if lrs:
+            self.image.value = lrs[-1]
+            layers = list(self._viewer.layers)  # a sample's LR brings its references along
+        chosen = list(self.references.value)
+        refs = [layer for layer in layers
+                if role(layer) == "reference" and layer is not self.image.value and layer not in chosen]
+        if refs:
+            self.references.reset_choices()
+            self.references.value = chosen + refs
+
+    def _refresh_layers(self, *_) -> None:
+        if self._closed:
+            return
+        self.image.reset_choices()
+        if self.image.value is None and self._images():
+            self.image.value = self._images()[0]
+        self.references.reset_choices()
+        self._refresh_axes()
+
+    def _on_image_changed(self, *_) -> None:
+        self.references.reset_choices()
+        self._refresh_axes()
+
+    def _refresh_axes(self) -> None:
+        """Axis choices follow the LR layer; a new layer gets the defaults (last two axes = Y, X)."""
+        layer = self.image.value
+        for w in (self.y_axis, self.x_axis, self.channel_axis):
+            w.reset_choices()
+        if layer is self._axes_layer:
+            return
+        self._axes_layer = layer
+        axes = self._data_axes()
+        if len(axes) >= 2:
+            self.y_axis.value, self.x_axis.value = axes[-2], axes[-1]
+        self.channel_axis.value = NO_CHANNEL
+        fixed = layer is None or layer.rgb or layer.ndim == 2
+        for w in (self.y_axis, self.x_axis, self.channel_axis):
+            w.enabled = not fixed
+
+    def _on_model_changed(self, value: str) -> None:
+        if value != BROWSE:
+            self._last_model = value
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Choose a RefSR checkpoint", str(Path.home()),
+            "Checkpoints (*.pt *.pth *.safetensors);;All files (*)")
+        if path:
+            self.select_checkpoint(path)
+        else:
+            self.model.value = self._last_model
+
+    def select_checkpoint(self, path: str | os.PathLike) -> None:
+        """Add a checkpoint file to the model list and select it (what "Browse…" does)."""
+        text = str(Path(path).expanduser())
+        if text not in self._extra_checkpoints:
+            self._extra_checkpoints.insert(0, text)
+        self.model.reset_choices()
+        self.model.value = text
+
+    # ----------------------------------------------------------------------------- running
+
+    @property
+    def running(self) -> bool:
+        """True while a run is in progress."""
+        return self._worker is not None
+
+    @property
+    def worker(self):
+        """The current run's napari worker (None when idle), e.g. to wait for it."""
+        return self._worker
+
+    def _job(self) -> _Job:
+        layer = self.image.value
+        if layer is None:
+            raise RefSRError("choose the low-res image layer first")
+        refs = list(self.references.value)
+        if not refs:
+            raise RefSRError("choose at least one reference layer (click to select, Ctrl/⌘-click for more)")
+        data = layer_data(layer)
+        if layer.rgb:
+            axes = layer_axes(data.ndim, True)
+        else:
+            channel = None if self.channel_axis.value in (None, NO_CHANNEL) else self.channel_axis.value
+            axes = layer_axes(data.ndim, False, self.y_axis.value, self.x_axis.value, channel)
+        point = tuple(self._viewer.dims.point)
+        model = self.model.value
+        if model in (None, BROWSE):
+            raise RefSRError("choose a model or a checkpoint file")
+        return _Job(model=model, device=self.device.value, half=self.precision.value == "float16",
+                    tile=int(self.tile.value), data=data, refs=[reference_data(r, point) for r in refs],
+                    axes=axes)
+
+    def run(self, *_) -> None:
+        """Start a run in a worker thread (ignored while one is running)."""
+        if self._worker is not None:
+            return
+        try:
+            job = self._job()
+        except RefSRError as err:
+            self._set_status(f"error: {err}")
+            show_error(str(err))
+            return
+        if job.model in weights.REGISTRY and not weights.weights_path(job.model).is_file():
+            show_info(f"Downloading the '{job.model}' weights (first use only; cached in {weights.cache_dir()})")
+        self._context = {"layer": self.image.value, "refs": [r.name for r in self.references.value],
+                         "axes": job.axes, "confidence": self.add_confidence.value,
+                         "source": self.add_source.value}
+        self._cancel.clear()
+        worker = create_worker(_execute, job, self.relay.report, self._cancel.is_set, _start_thread=False)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.max, self.progress.value = 1, 0
+        self._set_status("starting…")
+        worker.start()
+
+    def cancel(self, *_) -> None:
+        """Ask the running work to stop after the current tile."""
+        if self._worker is None:
+            return
+        self._cancel.set()
+        self._set_status("cancelling…")
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if self._closed or self._worker is None:
+            return
+        if total <= 0:
+            self.progress.max, self.progress.value = 0, 0  # busy indicator (model loading)
+            self._set_status(message)
+            return
+        self.progress.max, self.progress.value = total, done
+        if not self._cancel.is_set():
+            self._set_status(f"tile {done} of {total}")
+
+    def _on_returned(self, outcome: _Outcome) -> None:
+        if self._closed:
+            return
+        if outcome.kind == "cancelled":
+            self._set_status("cancelled")
+            show_info("RefSR cancelled; no layer was added")
+            return
+        if outcome.kind == "error":
+            self._set_status(f"error: {outcome.message}")
+            show_error(outcome.message)
+            return
+        ctx = self._context
+        layer = ctx["layer"]
+        try:
+            tuples = result_layers(layer, ctx["axes"], outcome.result, factor=outcome.factor,
+                                   model_name=outcome.model_name, reference_names=ctx["refs"],
+                                   confidence=ctx["confidence"], source=ctx["source"])
+            new = [Layer.create(data, kwargs, kind) for data, kwargs, kind in tuples]
+        except (RefSRError, ValueError, TypeError) as err:
+            self._set_status(f"error: {err}")
+            show_error(f"RefSR could not create the result layer: {err}")
+            return
+        for extra in new[1:]:
+            self._viewer.add_layer(extra)
+        self._viewer.add_layer(new[0])  # the image on top of its companions
+        self._viewer.layers.selection.active = new[0]
+        self._set_status(f"done in {outcome.seconds:.1f} s: {new[0].name}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._closed:
+            return
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        if self.progress.max == 0:
+            self.progress.max = 1
+
+    def _on_destroyed(self, *_) -> None:
+        self._closed = True
+        self._cancel.set()
+
+    def close(self) -> None:  # magicgui API; also used when the dock is removed
+        self._closed = True
+        self._cancel.set()
+        super().close()

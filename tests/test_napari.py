@@ -1,0 +1,373 @@
+"""The napari plugin with a real viewer under Xvfb (pytest-xvfb): manifest, Layers menu, widget runs
+on a uint16 stack with a tiny real model, cancel, errors, sample data, the TIFF writer.
+
+Deselect with ``-m "not gui"`` for core-only runs.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+torch = pytest.importorskip("torch")
+
+from napari.layers import Image, Labels  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+from qtpy.QtCore import Qt  # noqa: E402
+
+from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
+from napari_refsr._napari import _sample_data, _widget  # noqa: E402
+from napari_refsr._napari._convert import placement  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-refsr"
+WIDGET = "Reference super-resolution"
+MANIFEST = Path(__file__).resolve().parents[1] / "napari.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is ~10× faster than two
+    (no OpenMP barrier waits on a descheduled sibling). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """A real (untrained) small TTSR checkpoint in the reference's flat state-dict format."""
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def errors():
+    """Error notifications shown while the test runs."""
+    seen = []
+
+    def keep(event):
+        note = event.value if hasattr(event, "value") else event
+        if str(getattr(note, "severity", "")).lower().endswith("error"):
+            seen.append(str(note.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def _widget_for(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert isinstance(widget, _widget.RefSRWidget)
+    return widget
+
+
+def _setup(widget, lr, refs, checkpoint, monkeypatch):
+    """Choose layers and the checkpoint the way a user does ("Browse for a checkpoint…")."""
+    widget.image.value = lr
+    widget.references.value = list(refs)
+    monkeypatch.setattr(_widget.QFileDialog, "getOpenFileName", lambda *a, **k: (str(checkpoint), ""))
+    widget.model.value = _widget.BROWSE
+    assert widget.model.value == str(checkpoint)
+    widget.device.value = "cpu"
+    widget.tile.value = 32
+
+
+def _wait_idle(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def _footprint(layer, corner_lo, corner_hi):
+    """World coordinates of the outer pixel edges (data coordinates ± 0.5)."""
+    return np.asarray(layer.data_to_world(corner_lo)), np.asarray(layer.data_to_world(corner_hi))
+
+
+# --------------------------------------------------------------------------- manifest and menu
+
+
+def test_manifest_validates_with_imports():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(MANIFEST)
+    manifest.validate_imports()
+    installed = PluginManifest.from_distribution(PLUGIN)  # the entry point napari discovers
+    assert installed.contributions.commands == manifest.contributions.commands
+    ids = {c.id for c in manifest.contributions.commands}
+    for menu_items in manifest.contributions.menus.values():
+        assert {item.command for item in menu_items} <= ids
+
+
+def test_layers_menu_id_is_accepted_and_opens_the_widget(make_napari_viewer):
+    from app_model.types import MenuItem
+    from napari._app_model import get_app_model
+    from napari._app_model.constants import MenuId
+    from npe2 import PluginManifest
+
+    menus = PluginManifest.from_file(MANIFEST).contributions.menus
+    allowed = {str(m.value) for m in MenuId.contributables()}
+    assert set(menus) <= allowed and "napari/layers/filter" in menus
+
+    viewer = make_napari_viewer()
+    app = get_app_model()
+    items = [i for i in app.menus.get_menu("napari/layers/filter") if isinstance(i, MenuItem)]
+    ids = [i.command.id for i in items]
+    assert "napari-refsr.make_widget" in ids
+    app.commands.execute_command("napari-refsr.make_widget").result()
+    docked = [w for w in viewer.window.dock_widgets.values() if isinstance(w, _widget.RefSRWidget)]
+    assert len(docked) == 1
+
+
+# --------------------------------------------------------------------------- running
+
+
+def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    stack = (rng.random((3, 24, 24)) * 50000 + 1000).astype(np.uint16)
+    lr = viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.25), translate=(1.0, 10.0, -3.0),
+                          units=("um", "um", "um"), axis_labels=("z", "y", "x"),
+                          metadata={"experiment": "e1"}, contrast_limits=(1000, 40000), colormap="green")
+    ref = viewer.add_image((rng.random((24, 28)) * 60000).astype(np.uint16), name="ref")
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    assert (widget.y_axis.value, widget.x_axis.value, widget.channel_axis.value) == (1, 2, _widget.NO_CHANNEL)
+    widget.add_confidence.value = True
+    widget.add_source.value = True
+    n_before = len(viewer.layers)
+
+    widget.run_button.clicked()
+    assert widget.running
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    assert widget.progress.value == widget.progress.max == 3  # one 24×24 tile per slice
+
+    out = viewer.layers["stack ×4 (RefSR)"]
+    assert out.data.shape == (3, 96, 96) and out.data.dtype == np.uint16
+    np.testing.assert_allclose(out.scale, [2.0, 0.125, 0.0625])
+    np.testing.assert_allclose(out.translate, [1.0, 10.0 - 0.25 + 0.0625, -3.0 - 0.125 + 0.03125])
+    for z in range(3):  # the pixel footprints cover the same world extent
+        lo_in, hi_in = _footprint(lr, (z, -0.5, -0.5), (z, 23.5, 23.5))
+        lo_out, hi_out = _footprint(out, (z, -0.5, -0.5), (z, 95.5, 95.5))
+        half_pixel = np.asarray(out.scale) / 2
+        assert np.all(np.abs(lo_out - lo_in) <= half_pixel) and np.all(np.abs(hi_out - hi_in) <= half_pixel)
+        np.testing.assert_allclose(lo_out, lo_in, atol=1e-9)
+        np.testing.assert_allclose(hi_out, hi_in, atol=1e-9)
+    assert [str(u) for u in out.units] == ["micrometer"] * 3
+    assert tuple(out.axis_labels) == ("z", "y", "x")
+    assert out.metadata["experiment"] == "e1" and out.metadata["refsr"]["references"] == ["ref"]
+    np.testing.assert_allclose(out.contrast_limits, (1000, 40000))
+    assert out.colormap.name == "green"
+    assert len(np.unique(out.data)) > 100  # a real image, not a constant
+
+    conf = viewer.layers["stack ×4 confidence (RefSR)"]
+    assert conf.data.shape == (3, 96, 96) and conf.data.dtype == np.float32
+    np.testing.assert_allclose(conf.scale, out.scale)
+    np.testing.assert_allclose(conf.translate, out.translate)
+    src = viewer.layers["stack source reference (RefSR)"]
+    assert isinstance(src, Labels) and src.data.shape == (3, 24, 24)
+    assert set(np.unique(src.data)) == {1}  # every texture came from reference 1
+    np.testing.assert_allclose(src.scale, lr.scale)
+    np.testing.assert_allclose(src.translate, lr.translate)
+    rows = viewer.layers["stack source row (RefSR)"].data
+    cols = viewer.layers["stack source column (RefSR)"].data
+    assert rows.shape == cols.shape == (3, 24, 24)
+    assert 0 <= rows.min() and rows.max() < 24 and 0 <= cols.min() and cols.max() < 28
+    assert len(viewer.layers) == n_before + 5
+    offered = set(widget.references.choices) | set(widget.image.choices)
+    assert out in offered and conf not in offered  # maps are not offered as inputs
+    assert viewer.layers.selection.active is out
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    lr = viewer.add_image((rng.random((4, 24, 24)) * 4000).astype(np.uint16), name="stack")
+    ref = viewer.add_image((rng.random((24, 24)) * 4000).astype(np.uint16), name="ref")
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+
+    # Hold the worker right after its first tile until Cancel has been clicked (no race).
+    first_tile, go, seen = threading.Event(), threading.Event(), []
+
+    def in_worker(done, total, _message):
+        if total:
+            seen.append((done, total))
+            if done == 1:
+                first_tile.set()
+                go.wait(30)
+
+    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    n_before = len(viewer.layers)
+    widget.run_button.clicked()
+    qtbot.waitUntil(first_tile.is_set, timeout=120_000)
+    assert widget.cancel_button.enabled
+    widget.cancel_button.clicked()
+    go.set()
+    _wait_idle(qtbot, widget)
+
+    assert seen == [(1, 4)]  # stopped after the first of four slices
+    assert len(viewer.layers) == n_before and errors == []
+    assert widget.status.value == "cancelled"
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_reference_with_other_channels_shows_error(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch,
+                                                   errors):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(2)
+    lr = viewer.add_image((rng.random((24, 24)) * 4000).astype(np.uint16), name="gray")
+    ref = viewer.add_image((rng.random((32, 32, 3)) * 255).astype(np.uint8), name="colour ref", rgb=True)
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    n_before = len(viewer.layers)
+
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+
+    assert len(viewer.layers) == n_before
+    assert len(errors) == 1 and "reference 1 is colour but the image is grayscale" in errors[0]
+    assert widget.status.value.startswith("error:")
+    assert widget.run_button.enabled  # ready for the next run
+    widget.references.value = []
+    widget.run_button.clicked()  # a missing reference is reported at once, without a worker
+    assert not widget.running and "at least one reference" in errors[-1]
+
+
+def test_rgb_layer_keeps_colour_and_placement(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(3)
+    lr = viewer.add_image((rng.random((16, 20, 3)) * 255).astype(np.uint8), name="rgb", rgb=True,
+                          scale=(3.0, 3.0), translate=(5.0, 7.0), rotate=30)
+    ref = viewer.add_image((rng.random((24, 24, 3)) * 255).astype(np.uint8), name="ref", rgb=True)
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    assert not widget.y_axis.enabled  # an RGB layer's axes are fixed
+
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    out = viewer.layers["rgb ×4 (RefSR)"]
+    assert out.rgb and out.data.shape == (64, 80, 3) and out.data.dtype == np.uint8
+    # with a rotation the corners of the pixel grid still coincide in the world
+    for corner in ((-0.5, -0.5), (15.5, 19.5), (-0.5, 19.5), (15.5, -0.5)):
+        out_corner = tuple(4 * c + 1.5 for c in corner)  # the same edge on the ×4 grid
+        np.testing.assert_allclose(out.data_to_world(out_corner), lr.data_to_world(corner), atol=1e-9)
+
+
+def test_chosen_axes_and_channel_axis(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
+    """(Y, C, X) data: Y and X chosen by the user, the middle axis used as colour channels."""
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(4)
+    lr = viewer.add_image((rng.random((16, 3, 20)) * 255).astype(np.uint8), name="ycx",
+                          scale=(0.5, 1.0, 0.25), axis_labels=("y", "c", "x"))
+    ref = viewer.add_image((rng.random((24, 24, 3)) * 255).astype(np.uint8), name="ref", rgb=True)
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    assert widget.y_axis.enabled
+    widget.y_axis.value, widget.x_axis.value, widget.channel_axis.value = 0, 2, 1
+    widget.add_confidence.value = widget.add_source.value = True
+
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    out = viewer.layers["ycx ×4 (RefSR)"]
+    assert out.data.shape == (64, 3, 80) and out.data.dtype == np.uint8
+    np.testing.assert_allclose(out.scale, [0.125, 1.0, 0.0625])
+    np.testing.assert_allclose(out.translate, [-0.25 + 0.0625, 0.0, -0.125 + 0.03125])
+    conf = viewer.layers["ycx ×4 confidence (RefSR)"]  # no channel axis
+    assert conf.data.shape == (64, 80) and tuple(conf.axis_labels) == ("y", "x")
+    np.testing.assert_allclose(conf.scale, [0.125, 0.0625])
+    src = viewer.layers["ycx source reference (RefSR)"]
+    assert src.data.shape == (16, 20)
+    np.testing.assert_allclose(src.scale, [0.5, 0.25])
+
+
+# --------------------------------------------------------------------------- samples, models, writer
+
+
+@pytest.mark.parametrize("key, prefix, widget_first", [("cell", "cell", False), ("stereo", "motorcycle", True)])
+def test_sample_data_opens_and_preselects(make_napari_viewer, monkeypatch, key, prefix, widget_first):
+    def offline(*_args, **_kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)  # the images ship inside scikit-image
+    viewer = make_napari_viewer()
+    if widget_first:  # an empty viewer: the sample's first layer (the reference) becomes the image at first
+        widget = _widget_for(viewer)
+    else:
+        viewer.add_image(np.zeros((32, 32), np.uint8), name="unrelated")
+    viewer.open_sample(PLUGIN, key)
+    lr = viewer.layers[f"{prefix} low-res"]
+    ref = viewer.layers[f"{prefix} reference"]
+    original = viewer.layers[f"{prefix} original (for comparison)"]
+    assert lr.data.dtype == np.uint8 and lr.data.shape[0] * 4 == original.data.shape[0]
+    assert lr.data.shape[1] * 4 == original.data.shape[1] and min(ref.data.shape[:2]) >= 256
+    # the LR pixels cover exactly the original's area
+    h, w = lr.data.shape[:2]
+    np.testing.assert_allclose(lr.data_to_world((-0.5, -0.5)), original.data_to_world((-0.5, -0.5)))
+    np.testing.assert_allclose(lr.data_to_world((h - 0.5, w - 0.5)),
+                               original.data_to_world((4 * h - 0.5, 4 * w - 0.5)))
+    # it is the original, shrunk (close to a block mean of the original)
+    block = original.data.reshape(h, 4, w, 4, *original.data.shape[2:]).mean(axis=(1, 3))
+    assert np.abs(block - lr.data).mean() < 8
+    if not widget_first:
+        widget = _widget_for(viewer)
+    assert widget.image.value is lr and widget.references.value == [ref]
+
+
+def test_models_folder_checkpoints_are_listed(make_napari_viewer, tmp_path, tiny_checkpoint, monkeypatch):
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    (run / "model.pt").write_bytes(tiny_checkpoint.read_bytes())
+    (run / "notes.txt").write_text("not a model")
+    monkeypatch.setenv(_widget.MODELS_ENV, str(tmp_path / "runs"))
+    assert _widget.find_checkpoints() == [run / "model.pt"]
+    widget = _widget_for(make_napari_viewer())
+    values = list(widget.model.choices)
+    assert str(run / "model.pt") in values and values[-1] == _widget.BROWSE
+    assert "vgg19" not in values and "ttsr-rec" in values
+
+
+def test_writer_saves_tiff_with_pixel_size(tmp_path):
+    import tifffile
+
+    from napari_refsr.imageio import read_image_with_meta
+
+    layer = Image(np.arange(2 * 8 * 12, dtype=np.uint16).reshape(2, 8, 12), scale=(1.0, 0.125, 0.25),
+                  units=("um", "um", "um"), axis_labels=("z", "y", "x"))
+    paths = napari.save_layers(str(tmp_path / "out.tif"), [layer], plugin=PLUGIN)
+    assert paths == [str(tmp_path / "out.tif")]
+    data, meta = read_image_with_meta(paths[0])
+    np.testing.assert_array_equal(data, layer.data)
+    assert meta["axes"] == "ZYX" and meta["resolution_unit"] == 3  # centimetres
+    np.testing.assert_allclose(meta["resolution"], (1e4 / 0.25, 1e4 / 0.125))  # pixels per cm (x, y)
+    with tifffile.TiffFile(paths[0]) as tif:
+        assert tif.pages[0].tags["XResolution"].value[0] / tif.pages[0].tags["XResolution"].value[1] == 40000
+
+    rgb = Image(np.zeros((6, 6, 3), np.uint8), rgb=True, scale=(2.0, 2.0))  # pixels, no length unit
+    path = napari.save_layers(str(tmp_path / "rgb.tiff"), [rgb], plugin=PLUGIN)[0]
+    data, meta = read_image_with_meta(path)
+    assert data.shape == (6, 6, 3) and meta["resolution"] == (0.5, 0.5) and meta["resolution_unit"] == 1
+
+
+def test_placement_matches_pixel_footprints():
+    layer = Image(np.zeros((5, 7)), scale=(0.3, 0.7), translate=(2.0, -1.0), rotate=20, shear=[0.4])
+    from napari.utils.transforms import CompositeAffine
+
+    linear = CompositeAffine(ndim=2, rotate=layer.rotate, shear=layer.shear).linear_matrix
+    scale, translate = placement(layer.scale, layer.translate, (0, 1), 4, linear)
+    out = Image(np.zeros((20, 28)), scale=scale, translate=translate, rotate=layer.rotate, shear=layer.shear)
+    for point in ((-0.5, -0.5), (4.5, 6.5), (1.0, 2.0)):  # edges and a pixel centre
+        fine = tuple(4 * c + 1.5 for c in point)
+        np.testing.assert_allclose(out.data_to_world(fine), layer.data_to_world(point), atol=1e-9)
+    assert _sample_data.downscale(np.full((8, 8), 200, np.uint8)).tolist() == [[200, 200], [200, 200]]
