@@ -35,7 +35,6 @@ __all__ = ["FOLDER", "REFSR_MODEL", "LoadRefSRModel", "RefSRUpscale", "RefSRExte
            "model_names"]
 
 FOLDER = "refsr"  # ComfyUI/models/refsr (plus any "refsr:" folder in extra_model_paths.yaml)
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")  # what napari_refsr.weights reads
 MAX_TILE = 2048
 CATEGORY = "image/upscaling"
 
@@ -67,7 +66,7 @@ def _registry_models() -> list[str]:
 def _local_checkpoints() -> list[str]:
     """Checkpoint files in the refsr folders, without hidden files (e.g. unfinished downloads)."""
     return [f for f in folder_paths.get_filename_list(FOLDER)
-            if f.lower().endswith(CHECKPOINT_SUFFIXES) and not os.path.basename(f).startswith(".")]
+            if f.lower().endswith(weights.CHECKPOINT_SUFFIXES) and not os.path.basename(f).startswith(".")]
 
 
 def model_names() -> list[str]:
@@ -102,7 +101,7 @@ class LoadRefSRModel(io.ComfyNode):
     def execute(cls, model_name: str) -> io.NodeOutput:
         _register_folder()
         path = None
-        if model_name.lower().endswith(CHECKPOINT_SUFFIXES):
+        if model_name.lower().endswith(weights.CHECKPOINT_SUFFIXES):
             path = folder_paths.get_full_path(FOLDER, model_name)
         if path is None and model_name in weights.REGISTRY:
             path = weights.fetch(model_name, cache_dir=_download_dir())  # WeightsError says what to do offline

@@ -35,6 +35,8 @@ import torch
 from .errors import RefSRError, WeightsError
 
 CACHE_ENV = "NAPARI_REFSR_CACHE"
+MODELS_ENV = "NAPARI_REFSR_MODELS"  # folders of local/exported checkpoints (os.pathsep-separated)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 BASE_URL_ENV = "NAPARI_REFSR_BASE_URL"
 EXPORT_FORMAT = "napari-refsr"
 EXPORT_VERSION = 1
@@ -746,3 +748,24 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def find_checkpoints(folders: list[Path] | None = None) -> list[Path]:
+    """Exported checkpoints in the models folders (directly inside, or one folder down such as
+    ``runs/<name>/model.pt``). Folders: ``$NAPARI_REFSR_MODELS`` (``os.pathsep``-separated), else
+    ``<weights cache>/models`` and ``./runs`` (where training writes its exports)."""
+    if folders is None:
+        env = os.environ.get(MODELS_ENV)
+        if env:
+            folders = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+        else:
+            folders = [cache_dir() / "models", Path.cwd() / "runs"]
+    found: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for pattern in ("*", "*/*"):
+            for path in sorted(folder.glob(pattern)):
+                if path.suffix.lower() in CHECKPOINT_SUFFIXES and path.is_file() and path not in found:
+                    found.append(path)
+    return found

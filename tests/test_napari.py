@@ -21,6 +21,7 @@ from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
+from napari_refsr import weights  # noqa: E402
 from napari_refsr._napari import _sample_data, _widget  # noqa: E402
 from napari_refsr._napari._convert import placement  # noqa: E402
 
@@ -330,8 +331,8 @@ def test_models_folder_checkpoints_are_listed(make_napari_viewer, tmp_path, tiny
     run.mkdir(parents=True)
     (run / "model.pt").write_bytes(tiny_checkpoint.read_bytes())
     (run / "notes.txt").write_text("not a model")
-    monkeypatch.setenv(_widget.MODELS_ENV, str(tmp_path / "runs"))
-    assert _widget.find_checkpoints() == [run / "model.pt"]
+    monkeypatch.setenv(weights.MODELS_ENV, str(tmp_path / "runs"))
+    assert weights.find_checkpoints() == [run / "model.pt"]
     widget = _widget_for(make_napari_viewer())
     values = list(widget.model.choices)
     assert str(run / "model.pt") in values and values[-1] == _widget.BROWSE

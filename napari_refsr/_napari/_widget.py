@@ -32,36 +32,13 @@ from ..model import DEFAULT_MODEL, load_model
 from ..pipeline import DEFAULT_TILE, MIN_TILE, UpscaleResult, upscale_nd
 from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
 
-__all__ = ["RefSRWidget", "find_checkpoints", "MODELS_ENV", "BROWSE"]
+__all__ = ["RefSRWidget", "BROWSE"]
 
 log = logging.getLogger(__name__)
 
-MODELS_ENV = "NAPARI_REFSR_MODELS"
 BROWSE = "<browse>"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 NO_CHANNEL = -1
-
-
-def find_checkpoints(folders: list[Path] | None = None) -> list[Path]:
-    """Exported checkpoints in the models folders (directly inside, or one folder down such as
-    ``runs/<name>/model.pt``). Folders: ``$NAPARI_REFSR_MODELS`` (``os.pathsep``-separated), else
-    ``<weights cache>/models`` and ``./runs`` (where training writes its exports)."""
-    if folders is None:
-        env = os.environ.get(MODELS_ENV)
-        if env:
-            folders = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-        else:
-            folders = [weights.cache_dir() / "models", Path.cwd() / "runs"]
-    found: list[Path] = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for pattern in ("*", "*/*"):
-            for path in sorted(folder.glob(pattern)):
-                if path.suffix.lower() in CHECKPOINT_SUFFIXES and path.is_file() and path not in found:
-                    found.append(path)
-    return found
 
 
 @dataclass
@@ -228,7 +205,7 @@ class RefSRWidget(Container):
                 continue
             cached = weights.weights_path(name).is_file()
             items.append((name if cached else f"{name} (downloads on first use)", name))
-        paths = [Path(p) for p in self._extra_checkpoints] + find_checkpoints()
+        paths = [Path(p) for p in self._extra_checkpoints] + weights.find_checkpoints()
         seen = set()
         for path in paths:
             if str(path) not in seen:
