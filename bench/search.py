@@ -135,7 +135,7 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _allocator_peak(prof) -> int:
+def allocator_peak(prof) -> int:
     """Peak of bytes held from torch's CPU allocator during the profiled call: the running sum
     of every allocation and free event (kernels' internal buffers included)."""
     from torch._C._profiler import _EventType
@@ -179,7 +179,7 @@ def worker(method: str, size: int, ref: int, c: int, device: str, budget: int, s
             s, idx, maps = fn(query, key, values, budget)
             seconds = time.perf_counter() - t0
         after = _maxrss_bytes()
-        peak = _allocator_peak(prof)
+        peak = allocator_peak(prof)
         # the RSS high-water mark only says something if this call raised it
         rss = after - base if after > before else None
     if save:

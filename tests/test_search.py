@@ -7,14 +7,20 @@ texture transfer, exactly as the reference network computes them.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from napari_refsr import search as ts
+
+_spec = importlib.util.spec_from_file_location("refsr_bench_search", Path(__file__).parents[1] / "bench" / "search.py")
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,21 +315,10 @@ def test_search_rejects_bad_shapes(query, keys):
 
 def peak_cpu_bytes(fn):
     """Peak of CPU-allocator bytes allocated during ``fn()`` (allocations minus frees, every
-    tensor including kernels' internal buffers), from the profiler's allocation events."""
+    tensor including kernels' internal buffers): the bench's meter, from profiler events."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    events = []
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation:
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        stack.extend(node.children)
-    current = peak = 0
-    for _, size in sorted(events):
-        current += size
-        peak = max(peak, current)
-    return peak, out
+    return _bench.allocator_peak(prof), out
 
 
 def test_memory_meter_sees_allocations():

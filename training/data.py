@@ -301,25 +301,15 @@ class FolderTrainSet(_TrainBase):
                  percentiles=DEFAULT_PERCENTILES, **kwargs):
         super().__init__(**kwargs)
         root = Path(root).expanduser()
-        files = list_images(root, what="training folder")
-        ref_root = Path(ref_dir).expanduser() if ref_dir else None
-        refs = {}
-        if ref_root is not None:
-            refs = {_pair_key(p, ref_root): p for p in list_images(ref_root, what="reference folder")}
-            files = [p for p in files if ref_root not in p.parents]
+        files, find_ref = _paired_images(root, ref_dir, "training folder")
         self.min_ref = max(4 * SCALE, int(min_ref) // SCALE * SCALE)
         self.entries: list[tuple[ImageFile, ImageFile | None]] = []
         skipped = []
         c = self.crop
         for p in files:
             img = ImageFile(p, percentiles)
-            ref = None
-            if ref_root is not None:
-                key = _pair_key(p, root)
-                if key not in refs:
-                    raise RefSRError(f"no reference for {p} in {ref_root} (expected a file named "
-                                     f"{key}.png/.tif/...)")
-                ref = ImageFile(refs[key], percentiles)
+            ref_path = find_ref(p)
+            ref = None if ref_path is None else ImageFile(ref_path, percentiles)
             if min(img.height, img.width) < c:
                 skipped.append(f"{p.name}: {img.height}×{img.width} is smaller than the {c}px crop")
                 continue
@@ -370,6 +360,25 @@ class FolderTrainSet(_TrainBase):
             ref = img.region(0, *ref_box)
         hr = img.region(frame, y, x, c, c)
         return self._sample(hr, ref, img.quantize, rng)
+
+
+def _paired_images(root: Path, ref_dir, what: str):
+    """Images under ``root`` and a function giving each one's paired reference in ``ref_dir``
+    (None without ``ref_dir``; a clear error when the pair is missing). A reference folder inside
+    ``root`` is not itself used as data."""
+    files = list_images(root, what=what)
+    if not ref_dir:
+        return files, lambda path: None
+    ref_root = Path(ref_dir).expanduser()
+    refs = {_pair_key(p, ref_root): p for p in list_images(ref_root, what="reference folder")}
+
+    def find(path: Path) -> Path:
+        key = _pair_key(path, root)
+        if key not in refs:
+            raise RefSRError(f"no reference for {path} in {ref_root} (expected a file named {key}.png/.tif/...)")
+        return refs[key]
+
+    return [p for p in files if ref_root not in p.parents], find
 
 
 def _pair_key(path: Path, root: Path) -> str:
@@ -530,19 +539,12 @@ def eval_items(root: str | Path, *, level: int | str = 1, ref_dir: str | Path | 
                 refs.append(_crop4(rf.region(0, 0, 0, rf.height, rf.width), crop))
             items.append(EvalItem(p.stem, hr, refs, hr_file.quantize, hr_file.gray))
         return items
-    files = list_images(root, what="evaluation folder")
-    ref_root = Path(ref_dir).expanduser() if ref_dir else None
-    refs_by_key = {}
-    if ref_root is not None:
-        refs_by_key = {_pair_key(p, ref_root): p for p in list_images(ref_root, what="reference folder")}
-        files = [p for p in files if ref_root not in p.parents]
+    files, find_ref = _paired_images(root, ref_dir, "evaluation folder")
     for p in files[: max_images or None]:
         img = ImageFile(p, percentiles)
-        if ref_root is not None:
-            key = _pair_key(p, root)
-            if key not in refs_by_key:
-                raise RefSRError(f"no reference for {p} in {ref_root} (expected a file named {key}.*)")
-            rf = ImageFile(refs_by_key[key], percentiles)
+        ref_path = find_ref(p)
+        if ref_path is not None:
+            rf = ImageFile(ref_path, percentiles)
             frame = img.n_frames // 2
             hr = img.region(frame, 0, 0, img.height, img.width)
             ref = rf.region(min(frame, rf.n_frames - 1), 0, 0, rf.height, rf.width)
