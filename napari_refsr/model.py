@@ -75,7 +75,7 @@ _CACHE: dict[tuple, RefSRModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _resolve(source: str | Path | None, cache_dir, progress: bool) -> tuple[Path, str]:
+def _resolve(source: str | Path | None, cache_dir, progress) -> tuple[Path, str]:
     if source is None or source == "":
         source = DEFAULT_MODEL
     path = Path(str(source)).expanduser()
@@ -95,10 +95,13 @@ def load_model(
     device: str | torch.device = "auto",
     half: bool = False,
     cache_dir: str | Path | None = None,
-    progress: bool = True,
+    progress=True,
     cache: bool = True,
 ) -> RefSRModel:
-    """Load a registry model by name, or a checkpoint file, onto ``device`` (strict key match)."""
+    """Load a registry model by name, or a checkpoint file, onto ``device`` (strict key match).
+
+    ``progress`` goes to :func:`weights.fetch` for a download: a bool (tqdm bar) or a
+    ``callback(bytes_done, bytes_total)``."""
     path, name = _resolve(source, cache_dir, progress)
     dev = choose_device(device)
     stat = path.stat()

@@ -26,7 +26,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import pooch
@@ -199,10 +199,13 @@ def fetch(
     name: str,
     *,
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
     base_url: str | None = None,
 ) -> Path:
     """Path of the verified weights file ``name``, downloading it into the cache if needed.
+
+    ``progress``: True for a tqdm bar, False for none, or a ``callback(bytes_done, bytes_total)``
+    (front ends show it in their own progress bars).
 
     A cached file is hash-checked on every call; one that fails is removed and downloaded again.
     Downloads go to a temporary file next to the target and are renamed only once verified, so
@@ -255,7 +258,25 @@ def _cache_dir(override: str | os.PathLike | None) -> Path:
     return cache_dir(override)
 
 
-def _download(spec: WeightSpec, url: str, dest: Path, progress: bool) -> None:
+class _CallbackBar:
+    """The tqdm-like object pooch's downloaders drive, forwarding (done, total) to a callback."""
+
+    def __init__(self, callback: Callable[[int, int], None]):
+        self.callback, self.total, self.n = callback, 0, 0
+
+    def update(self, count: int) -> None:
+        self.n += count  # pooch counts whole chunks: the last one can overshoot the size
+        total = int(self.total or 0)
+        self.callback(min(self.n, total) if total else self.n, total)
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def close(self) -> None:
+        pass
+
+
+def _download(spec: WeightSpec, url: str, dest: Path, progress) -> None:
     """Download ``url`` to ``dest`` through a verified temporary file (raises WeightsError)."""
     import requests  # pooch's own dependency; imported lazily like pooch does
 
@@ -267,6 +288,8 @@ def _download(spec: WeightSpec, url: str, dest: Path, progress: bool) -> None:
         raise WeightsError(f"cannot write to the weights cache {dest.parent} ({exc.strerror or exc}); "
                            f"set {CACHE_ENV} to a writable folder") from exc
     tmp = Path(tmp_name)
+    if callable(progress):
+        progress = _CallbackBar(progress)
     try:
         try:
             if urlsplit(url).scheme in ("http", "https"):

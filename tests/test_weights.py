@@ -139,6 +139,17 @@ def test_download_then_cache_without_http(server, monkeypatch, tmp_path, ckpt_by
     assert all(torch.equal(net.state_dict()[k], tiny_state[k]) for k in tiny_state)
 
 
+def test_download_progress_callback(server, monkeypatch, tmp_path, ckpt_bytes):
+    """Front ends pass a callback: it sees the bytes arrive, ending at the file size."""
+    server.files["/tiny-ttsr.pt"] = ckpt_bytes
+    register(monkeypatch, "tiny", server.base + "/tiny-ttsr.pt", ckpt_bytes)
+    seen = []
+    path = weights.fetch("tiny", cache_dir=tmp_path, progress=lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == ckpt_bytes
+    assert seen and seen[-1] == (len(ckpt_bytes), len(ckpt_bytes))
+    assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+
+
 def test_prefix_hash_accepted(server, monkeypatch, tmp_path, ckpt_bytes):
     server.files["/tiny-ttsr.pt"] = ckpt_bytes
     spec = register(monkeypatch, "tiny", server.base + "/tiny-ttsr.pt", ckpt_bytes,

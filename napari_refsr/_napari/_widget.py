@@ -69,7 +69,9 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
     start = time.perf_counter()
     try:
         report(0, 0, "loading model…")
-        model = load_model(job.model, device=job.device, half=job.half)
+        model = load_model(job.model, device=job.device, half=job.half,
+                           progress=lambda done, total: report(done, total, f"downloading {job.model}: "
+                                                               f"{done / 2**20:.1f} of {total / 2**20:.1f} MB"))
         if cancel():
             raise Cancelled("cancelled")
         report(0, 0, "reading data…")
@@ -362,7 +364,7 @@ class RefSRWidget(Container):
             return
         self.progress.max, self.progress.value = total, done
         if not self._cancel.is_set():
-            self._set_status(f"tile {done} of {total}")
+            self._set_status(message or f"tile {done} of {total}")
 
     def _on_returned(self, outcome: _Outcome) -> None:
         if self._closed:
