@@ -313,9 +313,10 @@ class TTSR(nn.Module):
         self.MainNet = MainNet(cfg.num_res_blocks, cfg.n_feats, cfg.res_scale)
         self.LTE = LTE()
         self.search_budget = ts.DEFAULT_BUDGET
-        if cfg.global_skip:  # start exactly at bicubic: the network learns the residual
-            nn.init.zeros_(self.MainNet.merge_tail.conv_tail2.weight)
-            nn.init.zeros_(self.MainNet.merge_tail.conv_tail2.bias)
+        if cfg.global_skip:  # start close to bicubic: the network learns a small residual
+            with torch.no_grad():  # (not zero: that would also block the gradient to every layer)
+                self.MainNet.merge_tail.conv_tail2.weight.mul_(0.1)
+                self.MainNet.merge_tail.conv_tail2.bias.zero_()
 
     def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LTE features of images in [-1, 1] (detached input, as in the reference)."""
