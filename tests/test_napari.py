@@ -293,6 +293,47 @@ def test_chosen_axes_and_channel_axis(make_napari_viewer, qtbot, tiny_checkpoint
     np.testing.assert_allclose(src.scale, [0.5, 0.25])
 
 
+def test_widget_runs_an_srntt_export(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors):
+    """SRNTT, the second architecture, chosen by its export file: the same widget, the ×4 layer."""
+    from skimage import data
+
+    import napari_refsr as rs
+    from napari_refsr.archs.srntt import SRNTT, SRNTTConfig
+
+    torch.manual_seed(5)
+    net = SRNTT(SRNTTConfig(n_feats=8, content_blocks=1, transfer_blocks=(1, 1, 1)))
+    with torch.no_grad():  # some texture influence, so the output is not just the bilinear skip
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.03)
+    export = weights.save_checkpoint(tmp_path / "srntt-tiny.pt", net.state_dict(), net.config.to_dict())
+
+    viewer = make_napari_viewer()
+    astronaut = data.astronaut()
+    lr_data = np.ascontiguousarray(astronaut[100:300:8, 150:310:8])  # 25×20 RGB
+    ref_data = np.ascontiguousarray(astronaut[250:330, 200:300])
+    lr = viewer.add_image(lr_data, name="astro", rgb=True)
+    ref = viewer.add_image(ref_data, name="ref", rgb=True)
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], export, monkeypatch)
+    widget.add_confidence.value = True
+
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    out = viewer.layers["astro ×4 (RefSR)"]
+    assert out.rgb and out.data.shape == (100, 80, 3) and out.data.dtype == np.uint8
+    model = rs.load_model(export, device="cpu", cache=False)
+    assert model.arch == "srntt" and out.metadata["refsr"]["model"] == model.name
+    expected = rs.upscale_nd(model, lr_data, [ref_data], spatial_axes=(0, 1), channel_axis=2, tile=32)
+    np.testing.assert_array_equal(out.data, expected.image)  # the core's SRNTT result, unchanged
+    bilinear = np.asarray(torch.nn.functional.interpolate(
+        torch.from_numpy(lr_data).permute(2, 0, 1)[None].float(), scale_factor=4, mode="bilinear")[0].permute(1, 2, 0))
+    assert np.abs(out.data.astype(float) - bilinear).mean() > 1.0  # the texture branch contributes
+    conf = viewer.layers["astro ×4 confidence (RefSR)"]
+    assert conf.data.shape == (100, 80) and 0 <= conf.data.min() and conf.data.max() <= 1 + 1e-4
+
+
 # --------------------------------------------------------------------------- samples, models, writer
 
 

@@ -3,6 +3,8 @@
 Everything runs on CPU with a tiny TTSR (n_feats 8, one residual block per stage), 32 px crops
 and random VGG19 weights (``model.vgg_weights=null``), on small images written as real PNG/TIFF
 files. The resume and DDP tests start ``training/train.py`` in subprocesses (killed / torchrun).
+SRNTT (``--model srntt``) runs the same way with a tiny network and a VGG19 file of random
+He-initialised weights, so that its matching space and VGG losses have realistic magnitudes.
 """
 
 from __future__ import annotations
@@ -23,21 +25,26 @@ import torch
 from PIL import Image
 
 import napari_refsr as rs
-from napari_refsr.archs.ttsr import TTSR, TTSRConfig
+from napari_refsr import weights
+from napari_refsr.archs.srntt import SRNTT, SRNTTConfig
+from napari_refsr.archs.ttsr import LTE, TTSR, TTSRConfig
 from napari_refsr.errors import RefSRError
 from napari_refsr.resize import resize_bicubic
 from napari_refsr.weights import read_checkpoint
 from training import evaluate, train
 from training.checkpoints import CheckpointManager, atomic_torch_save, load_training_checkpoint
-from training.config import DEFAULTS, load_config
+from training.config import ARCH_DEFAULTS, DEFAULTS, load_config, network_config
 from training.data import (CUFEDTrainSet, Degradation, FolderTrainSet, _split_crop, build_train_set,
                            eval_items, list_images)
-from training.losses import Discriminator, VGG19Features, WGANGP
+from training.losses import Discriminator, TextureLoss, VGG19Features, WGANGP, gram_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO / "training" / "train.py"
 TINY = ["model.n_feats=8", "model.num_res_blocks=[1,1,1,1]", "model.vgg_weights=null", "data.crop=32",
         "data.min_ref=16", "data.workers=0", "train.batch=2", "train.threads=1", "run.progress=false"]
+TINY_SRNTT = ["--model", "srntt", "model.n_feats=8", "model.content_blocks=1", "model.transfer_blocks=[1,1,1]",
+              "data.crop=32", "data.min_ref=16", "data.workers=0", "train.batch=2", "train.threads=1",
+              "run.progress=false"]
 
 
 def texture(h: int, w: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -100,6 +107,24 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory) -> Path:
+    """A torchvision-VGG19-shaped .pth up to relu5_1 with random He-initialised weights (features
+    keep their scale through the layers, unlike PyTorch's default init, whose Gram matrices
+    underflow float32 by relu3_1)."""
+    g = torch.Generator().manual_seed(21)
+    state = {}
+    for name, tensor in VGG19Features(None).features.state_dict().items():
+        key = f"features.{name}"
+        if name.endswith("weight"):
+            state[key] = torch.randn(tensor.shape, generator=g) * math.sqrt(2.0 / (tensor.shape[1] * 9))
+        else:
+            state[key] = torch.zeros(tensor.shape)
+    path = tmp_path_factory.mktemp("vgg") / "vgg19-random.pth"
+    torch.save(state, path)
+    return path
 
 
 RUN_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "discriminator", "optimizer_d", "step", "epoch",
@@ -470,3 +495,188 @@ def test_atomic_save_never_leaves_a_half_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
     with pytest.raises(RefSRError, match="not a napari-refsr training checkpoint"):
         load_training_checkpoint(target)
+
+
+# ----------------------------------------------------------------------------- SRNTT
+
+
+def test_srntt_config_paper_defaults_and_arch_errors(tmp_path, capsys):
+    srntt = load_config(REPO / "training" / "configs" / "srntt.yaml")
+    flag = train.build_config(train.parse_args(["--model", "srntt"]))
+    for section in ("model", "loss", "optim", "train"):  # the file writes out what the flag starts from
+        assert srntt[section] == flag[section], section
+    loss, opt, tr = flag["loss"], flag["optim"], flag["train"]
+    assert (loss["rec"], loss["per"], loss["tpl"], loss["tex"], loss["adv"]) == (1.0, 1e-4, 0.0, 1e-4, 1e-6)
+    assert (loss["gan_k"], loss["gp"], loss["tex_use_S"], loss["tex_S_scale"], loss["tex_S_bias"]) == (1, 10.0, True, -20.0, 0.65)
+    assert (opt["lr"], opt["lr_dis"], opt["betas_dis"], opt["decay"], opt["gamma"]) == (1e-4, 1e-4, [0.9, 0.999], 50, 0.1)
+    assert (tr["batch"], tr["init_epochs"], tr["epochs"], flag["data"]["crop"]) == (9, 5, 100, 160)
+    assert flag["run"]["out"] == "runs/srntt"
+    # TTSR stays the default and keeps its paper values; the architecture can come from a YAML file too
+    default = load_config(None)
+    assert default["model"]["arch"] == "ttsr" and default["loss"]["tex"] == 0.0 and default["loss"]["tpl"] == 1e-2
+    (tmp_path / "mine.yaml").write_text("model:\n  arch: srntt\nloss:\n  adv: 0.0\n")
+    mine = load_config(tmp_path / "mine.yaml", ["loss.tex=0.5"])
+    assert (mine["loss"]["per"], mine["loss"]["tex"], mine["loss"]["adv"], mine["train"]["epochs"]) == (1e-4, 0.5, 0.0, 100)
+    assert ARCH_DEFAULTS["ttsr"] == {}
+    net = rs.build_network(network_config(load_config(None, ["arch=srntt", "model.n_feats=8",
+                                                                    "model.content_blocks=2", "model.use_weights=false"])["model"]))
+    assert isinstance(net, SRNTT) and net.config.content_blocks == 2 and not net.config.use_weights
+    # settings of the other architecture, or a loss that does not fit it, are refused by name
+    for overrides, match in [
+        (["arch=srntt", "loss.tpl=0.01"], "loss.tpl .*model.arch is srntt"),
+        (["loss.tex=1e-4"], "loss.tex .*model.arch is ttsr"),
+        (["arch=srntt", "model.num_res_blocks=[1,1,1,1]"], "model.num_res_blocks is a ttsr setting"),
+        (["model.transfer_blocks=[1,1,1]"], "model.transfer_blocks is a srntt setting"),
+        (["arch=srntt", "optim.lr_lte=1.0e-3"], "optim.lr_lte"),
+        (["arch=srntt", "loss.tex_use_S=maybe"], "tex_use_S"),
+        (["arch=esrgan"], "model.arch must be one of ttsr, srntt"),
+    ]:
+        with pytest.raises(RefSRError, match=match):
+            train.check_config(load_config(None, overrides))
+    with pytest.raises(RefSRError, match="unknown config key 'model.content_block'"):
+        load_config(None, ["arch=srntt", "model.content_block=2"])
+    # through the command line: TTSR's file with --model srntt is a one-line error, before any work
+    data = make_folder(tmp_path / "data", n=1)
+    rc = train.main(["--config", str(REPO / "training" / "configs" / "ttsr.yaml"), "--model", "srntt",
+                     "--data", str(data), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "loss.tpl" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def _direct_texture_loss(feats, maps, s_per_sample, a=-20.0, b=0.65, use_S=True):
+    """The texture loss written out: per layer and sample, Gram matrices as sums over positions of
+    the (weighted) features, squared differences averaged, / (4·(C·H·W)²); mean over layers."""
+    total = 0.0
+    for f, m in zip(feats, maps):
+        n, c, h, w = f.shape
+        per_sample = []
+        for i in range(n):
+            wt = torch.sigmoid(torch.tensor(a * s_per_sample[i] + b, dtype=torch.float64)) if use_S else 1.0
+            fi, mi = f[i].double() * wt, m[i].double() * wt
+            g_f = torch.einsum("cp,dp->cd", fi.reshape(c, -1), fi.reshape(c, -1))
+            g_m = torch.einsum("cp,dp->cd", mi.reshape(c, -1), mi.reshape(c, -1))
+            per_sample.append(((g_f - g_m) ** 2).mean())
+        total += float(torch.stack(per_sample).mean()) / (4.0 * (c * h * w) ** 2)
+    return total / 3.0
+
+
+def test_texture_loss_equals_its_definition(vgg_file):
+    lte = LTE()
+    lte.load_vgg19(torch.load(vgg_file, weights_only=True))
+    lte.requires_grad_(False)
+    torch.manual_seed(6)
+    sr = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    other = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        m1, m2, m3 = lte(other)  # "swapped maps": textures of another image
+        f1, f2, f3 = lte((sr + 1) / 2)
+    s_values = [0.02, 0.05]  # S constant per sample: its upsampled maps are the same constants
+    S = torch.tensor(s_values).view(2, 1, 1, 1).expand(2, 1, 4, 4).contiguous()
+    loss = TextureLoss()(lte, sr, S, m3, m2, m1)
+    value = float(loss.detach())
+    expected = _direct_texture_loss([f3, f2, f1], [m3, m2, m1], s_values)
+    assert expected > 1e-9  # far from float32 underflow (PyTorch's default init gives ~1e-40 here)
+    assert abs(value - expected) <= 1e-4 * expected
+    unweighted = float(TextureLoss(use_S=False)(lte, sr, S, m3, m2, m1).detach())
+    assert abs(unweighted - _direct_texture_loss([f3, f2, f1], [m3, m2, m1], s_values, use_S=False)) <= 1e-4 * unweighted
+    assert abs(unweighted - value) > 1e-3 * value  # the similarity weighting matters
+    loss.backward()  # gradients reach the SR image, never the frozen extractor
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lte.parameters())
+    assert float(TextureLoss()(lte, sr.detach(), torch.rand(2, 1, 4, 4), f3, f2, f1)) == 0.0  # SR's own textures
+    assert torch.equal(gram_matrix(f1), torch.bmm(f1.flatten(2), f1.flatten(2).transpose(1, 2)))
+    with pytest.raises(RefSRError, match="texture loss"):
+        TextureLoss()(lte, sr, S, m3[..., :2], m2, m1)
+
+
+def test_srntt_trains_every_loss_checkpoint_export_and_evaluate(tmp_path, vgg_file, capsys):
+    data = make_folder(tmp_path / "data", n=2)
+    val = make_folder(tmp_path / "val", n=1, size=(32, 64))
+    out = tmp_path / "run"
+    rc = train.main(["--data", str(data), "--val", str(val), "--out", str(out), "--steps", "2", *TINY_SRNTT,
+                     f"model.vgg_weights={vgg_file}", "train.init_epochs=0", "run.ckpt_every=1", "run.val_every=2",
+                     "run.log_every=1"])
+    assert rc == 0
+    rows = read_csv(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("loss", "rec", "per", "tex", "adv", "d", "samples_per_s"):
+            assert math.isfinite(float(r[key])), (key, r)
+        assert float(r["rec"]) > 0 and float(r["per"]) > 0 and float(r["tex"]) > 0 and r["phase"] == "main"
+        assert r["tpl"] == "" and r["lr_lte"] == ""  # no TTSR loss, no LTE learning rate
+    vals = read_csv(out / "val.csv")
+    assert [int(r["step"]) for r in vals] == [0, 2] and all(math.isfinite(float(r["psnr"])) for r in vals)
+    c1, c2 = (load_training_checkpoint(out / "checkpoints" / f"step_{s:08d}.pt") for s in (1, 2))
+    assert c2["model_config"]["arch"] == "srntt" and c2["config"]["loss"]["tex"] == 1e-4  # --model srntt's defaults
+    assert c2["discriminator"] is not None and c2["optimizer_d"]["state"]
+    # the VGG19 file is SRNTT's fixed extractor: loaded, and never trained
+    vgg = weights.load_state_dict_file(vgg_file)
+    vgg_keys = [k for k in c2["model"] if k.startswith("vgg.slice")]
+    assert len(vgg_keys) == 10  # conv1_1 … conv3_1
+    for k in vgg_keys:
+        index, rest = k.split(".", 3)[2:]
+        assert torch.equal(c1["model"][k], vgg[f"features.{index}.{rest}"]) and torch.equal(c2["model"][k], c1["model"][k])
+    changed = {k.split(".")[0] for k in c1["model"] if not torch.equal(c1["model"][k], c2["model"][k])}
+    assert changed == {"content", "stages", "tail1", "tail2", "weight_scale", "weight_bias"}
+    config = SRNTTConfig(**{k: c2["model_config"][k] for k in ("n_feats", "content_blocks", "transfer_blocks")})
+    trainable = [n for n, p in SRNTT(config).named_parameters() if p.requires_grad]
+    groups = c2["optimizer"]["param_groups"]
+    assert len(groups) == 1 and len(groups[0]["params"]) == len(trainable) and not any(n.startswith("vgg.") for n in trainable)
+    # the export: read by the core as SRNTT, the last checkpoint's weights, and it upscales
+    ck = read_checkpoint(out / "model.pt")
+    assert ck.source_format == "refsr" and ck.config["arch"] == "srntt" and ck.config["transfer_blocks"] == [1, 1, 1]
+    assert set(ck.state_dict) == set(c2["model"]) and all(torch.equal(ck.state_dict[k], c2["model"][k]) for k in ck.state_dict)
+    assert ck.meta["arch"] == "srntt" and ck.meta["step"] == 2 and "psnr" in ck.meta["val"]
+    model = rs.load_model(out / "model.pt", device="cpu", cache=False)
+    assert isinstance(model.network, SRNTT) and model.arch == "srntt"
+    lr = (texture(12, 16, seed=3) * 255).astype(np.uint8)
+    ref = (texture(48, 64, seed=4) * 255).astype(np.uint8)
+    res = rs.upscale_detailed(model, lr, ref, device="cpu")
+    assert res.image.shape == (48, 64, 3) and res.image.dtype == np.uint8 and len(np.unique(res.image)) > 50
+    assert 0 <= res.confidence.min() and res.confidence.max() <= 1 + 1e-4
+    # evaluate.py takes the export and the training checkpoint, and reproduces the logged PSNR
+    csv_path = tmp_path / "eval.csv"
+    assert evaluate.main(["--model", str(out / "model.pt"), "--model", str(out / "checkpoints" / "best.pt"),
+                          "--data", str(val), "--csv", str(csv_path)]) == 0
+    means = {r["method"]: float(r["psnr"]) for r in read_csv(csv_path) if r["image"] == "mean"}
+    assert abs(means["model.pt"] - float(vals[-1]["psnr"])) < 1e-3
+    assert abs(means["bicubic"] - float(vals[-1]["psnr_bicubic"])) < 1e-3
+    assert any(m.startswith("best.pt (step 2)") and abs(v - means["model.pt"]) < 1e-6 for m, v in means.items())
+    # --export-from works for SRNTT training checkpoints too
+    assert train.main(["--export-from", str(out / "checkpoints" / "step_00000001.pt"),
+                       "--export", str(tmp_path / "m1.pt")]) == 0
+    m1 = read_checkpoint(tmp_path / "m1.pt")
+    assert m1.config["arch"] == "srntt" and all(torch.equal(m1.state_dict[k], c1["model"][k]) for k in m1.state_dict)
+    # fine-tuning from the export: the architecture must match
+    capsys.readouterr()
+    assert train.main(["--data", str(data), "--out", str(tmp_path / "ft"), "--init", str(out / "model.pt"),
+                       *TINY, "--steps", "1"]) == 2  # TINY = TTSR
+    assert "holds a srntt network, but model.arch is ttsr" in capsys.readouterr().err
+
+
+def test_srntt_resume_continues_identically(tmp_path, vgg_file, capsys):
+    data = make_folder(tmp_path / "data", n=1)  # 2 samples → 1 step per epoch at batch 2
+    common = ["--data", str(data), *TINY_SRNTT, f"model.vgg_weights={vgg_file}", "train.init_epochs=1",
+              "optim.decay=1", "run.ckpt_every=1", "run.keep_last=100", "run.log_every=1"]
+    first = tmp_path / "first"
+    assert train.main(["--out", str(first), "train.max_steps=1", *common]) == 0
+    assert train.main(["--out", str(first), "--resume", "train.max_steps=3", *common]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    ref = tmp_path / "reference"
+    assert train.main(["--out", str(ref), "train.max_steps=3", *common]) == 0  # without interruption
+    for step in (1, 3):
+        a = load_training_checkpoint(ref / "checkpoints" / f"step_{step:08d}.pt")
+        b = load_training_checkpoint(first / "checkpoints" / f"step_{step:08d}.pt")
+        for key in RUN_STATE_KEYS:
+            assert_same_state(a[key], b[key], f"step {step} {key}")
+    rows = read_csv(first / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert rows[0]["phase"] == "rec-warmup" and rows[0]["tex"] == "" and rows[0]["adv"] == ""
+    assert rows[-1]["phase"] == "main" and float(rows[-1]["tex"]) > 0 and math.isfinite(float(rows[-1]["d"]))
+    final = load_training_checkpoint(first / "checkpoints" / f"step_{3:08d}.pt")
+    assert final["model_config"]["arch"] == "srntt" and final["optimizer"]["param_groups"][0]["lr"] < 1e-4
+    assert read_checkpoint(first / "model.pt").meta["step"] == 3
+    # resuming an SRNTT run as TTSR is refused with the reason
+    rc = train.main(["--out", str(first), "--resume", "--model", "ttsr", "train.max_steps=4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is from a srntt run" in err and "Traceback" not in err

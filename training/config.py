@@ -4,6 +4,10 @@ The config is a nested dict with fixed sections (``model``, ``data``, ``loss``, 
 ``train``, ``run``). Overrides use dotted keys (``loss.adv=0``, ``train.batch=4``) whose values
 are parsed as YAML scalars/lists; unknown keys are errors, so a typo never trains silently with a
 default.
+
+``model.arch`` picks the network (``ttsr``, the default, or ``srntt``). Each architecture starts
+from its own paper's objective and schedule (:data:`ARCH_DEFAULTS` on top of :data:`DEFAULTS`),
+and settings that belong to the other architecture are refused by :func:`check_config`.
 """
 
 from __future__ import annotations
@@ -16,21 +20,29 @@ import yaml
 
 from napari_refsr.errors import RefSRError
 
-__all__ = ["DEFAULTS", "load_config", "apply_overrides", "set_key", "rec_only", "check_config"]
+__all__ = ["DEFAULTS", "ARCH_DEFAULTS", "ARCH_MODEL_KEYS", "load_config", "apply_overrides", "set_key",
+           "rec_only", "check_config", "network_config"]
 
 # Paper / reference-code defaults (TTSR, CVPR 2020; researchmm/TTSR train.sh).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {
+        "arch": "ttsr",  # ttsr | srntt
         "n_feats": 64,
+        # TTSR only
         "num_res_blocks": [16, 16, 8, 4],
         "res_scale": 1.0,
         # add LR↑ to the output (residual learning; starts at bicubic quality). The published
         # TTSR has no such skip (false); the compact shipped default uses it
         "global_skip": False,
+        # SRNTT only (Zhang et al., CVPR 2019; sizes of the public PyTorch port)
+        "content_blocks": 16,  # residual blocks of the content extractor
+        "transfer_blocks": [16, 16, 16],  # residual blocks of the ×1, ×2, ×4 texture-transfer stages
+        "use_weights": True,  # similarity weighting of the swapped maps M
         # fine-tune from a registry name or checkpoint path; null = train from scratch
         "init": None,
-        # VGG19 ImageNet weights for the LTE initialisation (from scratch) and the perceptual
-        # loss: a registry name, a torchvision .pth path, or null (random; tests only)
+        # VGG19 ImageNet weights for the LTE initialisation / SRNTT's fixed extractor (from
+        # scratch) and the perceptual loss: a registry name, a torchvision .pth path, or null
+        # (random; tests only)
         "vgg_weights": "vgg19",
     },
     "data": {
@@ -54,16 +66,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "loss": {
         "rec": 1.0,  # L1 reconstruction
         "per": 1.0e-2,  # perceptual MSE on VGG19 relu5_1
-        "tpl": 1.0e-2,  # transferal perceptual loss
+        "tpl": 1.0e-2,  # transferal perceptual loss (TTSR only)
+        "tex": 0.0,  # texture loss: Gram matrices against the swapped maps (SRNTT only)
         "adv": 1.0e-3,  # WGAN-GP
         "tpl_use_S": False,
         "tpl_type": "l2",
+        # texture loss weighting by sigmoid(tex_S_scale · S + tex_S_bias) (the SRNTT authors' code)
+        "tex_use_S": True,
+        "tex_S_scale": -20.0,
+        "tex_S_bias": 0.65,
         "gan_k": 2,  # discriminator steps per generator step
         "gp": 10.0,  # gradient-penalty weight
     },
     "optim": {
         "lr": 1.0e-4,
-        "lr_lte": 1.0e-5,
+        "lr_lte": 1.0e-5,  # TTSR's LTE (SRNTT's VGG is frozen)
         "lr_dis": 1.0e-4,
         "betas": [0.9, 0.999],
         "betas_dis": [0.0, 0.9],
@@ -95,6 +112,26 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# What each architecture changes in DEFAULTS before the YAML file and the overrides apply.
+# SRNTT: the weights of the paper (rec 1, per 1e-4, tex 1e-4, adv 1e-6) and the schedule of the
+# authors' code and the public port (5 reconstruction-only epochs, 100 epochs, learning rate ×0.1
+# after half of them, Adam betas (0.9, 0.999) for the critic too, one critic step per step).
+ARCH_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "ttsr": {},
+    "srntt": {
+        "loss": {"per": 1.0e-4, "tpl": 0.0, "tex": 1.0e-4, "adv": 1.0e-6, "gan_k": 1},
+        "optim": {"betas_dis": [0.9, 0.999], "decay": 50, "gamma": 0.1},
+        "train": {"init_epochs": 5, "epochs": 100},
+        "run": {"out": "runs/srntt"},
+    },
+}
+
+# model keys that only one architecture reads (the others, n_feats/init/vgg_weights, are shared)
+ARCH_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "ttsr": ("num_res_blocks", "res_scale", "global_skip"),
+    "srntt": ("content_blocks", "transfer_blocks", "use_weights"),
+}
+
 
 def _merge(base: dict, extra: dict, where: str) -> None:
     for key, value in extra.items():
@@ -109,24 +146,38 @@ def _merge(base: dict, extra: dict, where: str) -> None:
             base[key] = value
 
 
+def _read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise RefSRError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RefSRError(f"config file {p} is not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise RefSRError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *, base: dict | None = None) -> dict:
-    """``base`` (default: the paper defaults), then the YAML file (if any), then ``key=value`` overrides."""
-    config = copy.deepcopy(DEFAULTS)
-    if base is not None:
-        _merge(config, copy.deepcopy(base), "")
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise RefSRError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise RefSRError(f"config file {p} is not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise RefSRError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
-        _merge(config, loaded, "")
-    apply_overrides(config, overrides)
-    return config
+    """The paper defaults of ``model.arch`` (:data:`DEFAULTS` + :data:`ARCH_DEFAULTS`), then
+    ``base`` (a resumed run's config), the YAML file (if any) and ``key=value`` overrides."""
+    loaded = _read_yaml(path) if path is not None else {}
+    overrides = list(overrides)
+
+    def build(arch_defaults: dict) -> dict:
+        config = copy.deepcopy(DEFAULTS)
+        _merge(config, copy.deepcopy(arch_defaults), "")
+        if base is not None:
+            _merge(config, copy.deepcopy(base), "")
+        _merge(config, copy.deepcopy(loaded), "")
+        apply_overrides(config, overrides)
+        return config
+
+    config = build({})  # first pass: which architecture the file / overrides / base ask for
+    arch = config["model"]["arch"]
+    overlay = ARCH_DEFAULTS.get(arch) if isinstance(arch, str) else None
+    return build(overlay) if overlay else config
 
 
 def set_key(config: dict, dotted: str, value: Any) -> None:
@@ -164,15 +215,51 @@ def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
 
 def rec_only(config: dict) -> dict:
     """The -rec variant: reconstruction loss only, no warm-up phase."""
-    for key in ("per", "tpl", "adv"):
+    for key in ("per", "tpl", "tex", "adv"):
         config["loss"][key] = 0.0
     config["train"]["init_epochs"] = 0
     return config
 
 
+def _plain(value: Any) -> Any:
+    """Lists and tuples compare alike; numbers as floats."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def network_config(model: dict) -> dict:
+    """The architecture config (``build_network``'s argument) of a training config's model section."""
+    arch = model["arch"]
+    if arch not in ARCH_MODEL_KEYS:
+        raise RefSRError(f"model.arch must be one of {', '.join(ARCH_MODEL_KEYS)}, got {arch!r}")
+    return {"arch": arch, "n_feats": model["n_feats"], **{k: model[k] for k in ARCH_MODEL_KEYS[arch]}}
+
+
 def check_config(config: dict) -> dict:
     """Validate values that would otherwise fail deep inside training."""
-    d, loss, tr = config["data"], config["loss"], config["train"]
+    d, loss, tr, m = config["data"], config["loss"], config["train"], config["model"]
+    arch = m["arch"]
+    if arch not in ARCH_MODEL_KEYS:
+        raise RefSRError(f"model.arch must be one of {', '.join(ARCH_MODEL_KEYS)}, got {arch!r}")
+    for other, keys in ARCH_MODEL_KEYS.items():
+        for key in keys if other != arch else ():
+            if _plain(m[key]) != _plain(DEFAULTS["model"][key]):
+                raise RefSRError(f"model.{key} is a {other} setting, but model.arch is {arch} "
+                                 f"(its own: {', '.join('model.' + k for k in ARCH_MODEL_KEYS[arch])})")
+    if arch != "ttsr" and float(loss["tpl"]) > 0:
+        raise RefSRError(f"loss.tpl (the transferal perceptual loss) needs TTSR's learnable texture extractor; "
+                         f"model.arch is {arch}: set loss.tpl=0 ({arch} has the texture loss loss.tex)")
+    if arch != "srntt" and float(loss["tex"]) > 0:
+        raise RefSRError(f"loss.tex (the Gram-matrix texture loss against swapped feature maps) is SRNTT's; "
+                         f"model.arch is {arch}: set loss.tex=0 (TTSR has loss.tpl) or use model.arch=srntt")
+    if arch != "ttsr" and _plain(config["optim"]["lr_lte"]) != DEFAULTS["optim"]["lr_lte"]:
+        raise RefSRError(f"optim.lr_lte is the learning rate of TTSR's learnable texture extractor; "
+                         f"{arch}'s VGG19 is frozen (remove optim.lr_lte)")
+    if not isinstance(loss["tex_use_S"], bool):
+        raise RefSRError(f"loss.tex_use_S must be true or false, got {loss['tex_use_S']!r}")
     crop = d["crop"]
     if not isinstance(crop, int) or crop < 32 or crop % 4:
         raise RefSRError(f"data.crop must be an integer >= 32 and a multiple of 4, got {crop!r}")

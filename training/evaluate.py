@@ -1,4 +1,4 @@
-"""PSNR / SSIM of TTSR models next to bicubic, on CUFED5 or any folder of images.
+"""PSNR / SSIM of TTSR and SRNTT models next to bicubic, on CUFED5 or any folder of images.
 
 Protocol of the TTSR paper and code: HR cropped to a multiple of 4, LR by PIL-exact bicubic ×1/4,
 the whole image through the network (no tiling), SR rounded to 8 bits for 8-bit data, metrics on
@@ -9,7 +9,8 @@ crop, SSIM with an 11×11 Gaussian window (σ 1.5) — both from ``skimage.metri
         --csv results.csv
 
 ``--model`` takes registry names, inference checkpoints (anything ``napari_refsr.load_model``
-reads) and training checkpoints; it can be given several times.
+reads, of either architecture: the file's config says which) and training checkpoints; it can be
+given several times.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def _print_table(rows: list[dict], out) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="PSNR/SSIM of TTSR models next to bicubic (TTSR protocol)")
+    parser = argparse.ArgumentParser(description="PSNR/SSIM of TTSR / SRNTT models next to bicubic (TTSR protocol)")
     parser.add_argument("--model", action="append", default=[],
                         help="registry name, inference checkpoint or training checkpoint (repeatable); "
                              "none = bicubic only")

@@ -1,10 +1,12 @@
-"""TTSR's training objective: L1, VGG19 perceptual, transferal perceptual and WGAN-GP losses.
+"""Training objectives: L1, VGG19 perceptual, TTSR's transferal perceptual loss, SRNTT's texture
+loss and WGAN-GP.
 
-Behaviour follows the reference code (researchmm/TTSR ``loss/``): perceptual MSE on VGG19
+TTSR behaviour follows the reference code (researchmm/TTSR ``loss/``): perceptual MSE on VGG19
 relu5_1 of images in [0, 1] (ImageNet-normalised), the transferal perceptual loss as the mean
 over the three LTE levels of MSE(LTE(SR), T) through a frozen copy of the LTE synced from the
 trained one, and WGAN-GP with the reference discriminator, gradient-penalty weight 10 and k = 2
-discriminator steps per generator step (Adam betas (0, 0.9)).
+discriminator steps per generator step (Adam betas (0, 0.9)). SRNTT (Zhang et al., CVPR 2019)
+shares L1, the perceptual loss and WGAN-GP and adds :class:`TextureLoss`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from napari_refsr.archs.ttsr import IMAGENET_MEAN, IMAGENET_STD, MeanShift
 from napari_refsr.errors import RefSRError
 
 __all__ = ["VGG19Features", "load_vgg19_state", "PerceptualLoss", "TransferalPerceptualLoss",
-           "Discriminator", "WGANGP", "reconstruction_loss"]
+           "gram_matrix", "TextureLoss", "Discriminator", "WGANGP", "reconstruction_loss"]
 
 # torchvision's vgg19().features configuration, up to relu5_1 (index 29)
 _VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512]
@@ -135,6 +137,55 @@ class TransferalPerceptualLoss(nn.Module):
             s3 = s2 = s1 = 1.0
         total = sum(self.dist((a * s).float(), (t * s).float())
                     for a, t, s in ((lv3, T_lv3, s3), (lv2, T_lv2, s2), (lv1, T_lv1, s1)))
+        return total / 3.0
+
+
+def gram_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) features → (N, C, C) Gram matrices Σ_p F_c(p)·F_d(p), in float32."""
+    f = x.float().flatten(2)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.bmm(f, f.transpose(1, 2))
+
+
+class TextureLoss(nn.Module):
+    """SRNTT's texture loss: the SR image's VGG19 relu3_1 / relu2_1 / relu1_1 textures against the
+    swapped maps M_lv3 / M_lv2 / M_lv1, compared as Gram matrices (the paper's L_tex).
+
+    Per layer l (C_l channels, H_l×W_l positions), with both sides weighted by
+    w_l = sigmoid(a · S_l + b) when ``use_S`` (S bicubic-upsampled to the layer, as the network
+    does; a = −20, b = 0.65 as in the authors' code and the public port)::
+
+        L_l = mean over the C_l×C_l entries of (Gr(φ_l(SR)·w_l) − Gr(M_l·w_l))² / (4·(C_l·H_l·W_l)²)
+
+    the normalisation of the authors' code (``/4/(input_size² · 256)²`` at relu3_1, ×512 at
+    relu2_1, ×1024 at relu1_1 = C_l·H_l·W_l), averaged over the three layers. ``extractor`` is the
+    network's own frozen VGG (the one M comes from), called with gradients so they reach SR only.
+    """
+
+    def __init__(self, *, use_S: bool = True, weight_scale: float = -20.0, weight_bias: float = 0.65):
+        super().__init__()
+        self.use_S, self.a, self.b = bool(use_S), float(weight_scale), float(weight_bias)
+
+    def forward(self, extractor: nn.Module, sr: torch.Tensor, S: torch.Tensor, M_lv3: torch.Tensor,
+                M_lv2: torch.Tensor, M_lv1: torch.Tensor) -> torch.Tensor:
+        lv1, lv2, lv3 = extractor((sr + 1.0) / 2.0)
+        total = sr.new_zeros((), dtype=torch.float32)
+        for i, (feat, m) in enumerate(((lv3, M_lv3), (lv2, M_lv2), (lv1, M_lv1))):
+            if feat.shape != m.shape:
+                raise RefSRError(f"texture loss: SR features {tuple(feat.shape)} and swapped map {tuple(m.shape)} "
+                                 "differ in shape")
+            feat, m = feat.float(), m.detach().float()
+            if self.use_S:
+                s = S.detach().float()
+                if i:
+                    s = F.interpolate(s, scale_factor=2**i, mode="bicubic", align_corners=True)
+                w = torch.sigmoid(self.a * s + self.b)
+                feat, m = feat * w, m * w
+            c, h, w_ = feat.shape[1:]
+            size = float(c * h * w_)
+            # normalise before squaring: the same value, without float32 overflow for big crops
+            diff = (gram_matrix(feat) - gram_matrix(m)) / size
+            total = total + diff.pow(2).mean() / 4.0
         return total / 3.0
 
 

@@ -1,7 +1,8 @@
-"""Train or fine-tune TTSR on your own images, as the paper did.
+"""Train or fine-tune TTSR or SRNTT on your own images, as their papers did.
 
     python training/train.py --config training/configs/ttsr.yaml --data MY_IMAGES --init ttsr-gan \\
         --out runs/mine train.epochs=10
+    python training/train.py --model srntt --data MY_IMAGES --out runs/srntt   # SRNTT, its paper's losses
     torchrun --nproc_per_node=4 training/train.py ...      # the same script, DistributedDataParallel
     python training/train.py --out runs/mine --resume      # continue a killed run where it was
     python training/train.py --resume-from runs/mine/checkpoints/best.pt --out runs/mine-2 train.epochs=60
@@ -16,6 +17,10 @@ Schedule (the reference code's): ``train.init_epochs`` reconstruction-only epoch
 ``train.epochs`` with every loss whose weight is > 0; Adam with the LTE at its own learning rate;
 StepLR every ``optim.decay`` epochs of the second phase; WGAN-GP critic trained ``loss.gan_k``
 times per generator step. ``--rec-only`` gives the -rec variant.
+
+``--model srntt`` (``model.arch: srntt``) trains SRNTT instead: its frozen VGG19 is never
+optimised, TTSR's transferal perceptual loss gives way to SRNTT's texture loss (``loss.tex``),
+and the defaults are SRNTT's paper weights and schedule (``config.ARCH_DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -43,22 +48,21 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from napari_refsr import weights  # noqa: E402
-from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
 from napari_refsr.devices import choose_device  # noqa: E402
 from napari_refsr.errors import RefSRError  # noqa: E402
 from napari_refsr.model import build_network  # noqa: E402
 from training.checkpoints import (CheckpointManager, load_training_checkpoint, rng_state,  # noqa: E402
                                   set_rng_state)
-from training.config import check_config, load_config, rec_only, set_key  # noqa: E402
+from training.config import ARCH_MODEL_KEYS, check_config, load_config, network_config, rec_only, set_key  # noqa: E402
 from training.data import EpochSampler, build_train_set, eval_items  # noqa: E402
 from training.evaluate import evaluate_network  # noqa: E402
-from training.losses import (WGANGP, Discriminator, PerceptualLoss, TransferalPerceptualLoss,  # noqa: E402
-                             VGG19Features, load_vgg19_state, reconstruction_loss)
+from training.losses import (WGANGP, Discriminator, PerceptualLoss, TextureLoss,  # noqa: E402
+                             TransferalPerceptualLoss, VGG19Features, load_vgg19_state, reconstruction_loss)
 from training.plot import plot_curves  # noqa: E402
 
 __all__ = ["main", "Trainer", "export_model"]
 
-LOSS_KEYS = ("loss", "rec", "per", "tpl", "adv", "d")
+LOSS_KEYS = ("loss", "rec", "per", "tpl", "tex", "adv", "d")
 LOG_FIELDS = ["step", "epoch", "phase", *LOSS_KEYS, "lr", "lr_lte", "samples_per_s", "elapsed_s"]
 VAL_FIELDS = ["step", "epoch", "psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "n"]
 
@@ -221,7 +225,8 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # the same initial weights on every process
-        self.w = {k: float(lw[k]) for k in ("rec", "per", "tpl", "adv")}
+        self.arch = str(self.cfg["model"]["arch"])
+        self.w = {k: float(lw[k]) for k in ("rec", "per", "tpl", "tex", "adv")}
 
         # data first: bad folders fail before anything heavy is built
         self.batch = int(tr["batch"])
@@ -246,8 +251,8 @@ class Trainer:
         need_vgg = self.w["per"] > 0 or (resume is None and not self.cfg["model"]["init"])
         vgg_state = load_vgg19_state(self.cfg["model"]["vgg_weights"]) if need_vgg else None
         if need_vgg and vgg_state is None and self.dist.main:
-            warnings.warn("model.vgg_weights is null: random VGG19 for the LTE init / perceptual loss "
-                          "(only sensible for tests)", UserWarning)
+            warnings.warn("model.vgg_weights is null: random VGG19 for the LTE init / SRNTT's matching / the "
+                          "perceptual loss (only sensible for tests)", UserWarning)
         self.net = self._build_network(resume, vgg_state).to(device)
         self.net.train()
 
@@ -255,8 +260,13 @@ class Trainer:
         self.perceptual = PerceptualLoss(VGG19Features(vgg_state)).to(device) if self.w["per"] > 0 else None
         self.tpl = (TransferalPerceptualLoss(self.net.LTE, use_S=bool(lw["tpl_use_S"]), kind=lw["tpl_type"]).to(device)
                     if self.w["tpl"] > 0 else None)
-        groups = [{"params": [p for p in self.net.MainNet.parameters() if p.requires_grad], "lr": float(opt["lr"])},
-                  {"params": [p for p in self.net.LTE.parameters() if p.requires_grad], "lr": float(opt["lr_lte"])}]
+        self.tex = (TextureLoss(use_S=lw["tex_use_S"], weight_scale=float(lw["tex_S_scale"]),
+                                weight_bias=float(lw["tex_S_bias"])) if self.w["tex"] > 0 else None)
+        if self.arch == "ttsr":  # the LTE learns at its own rate
+            groups = [{"params": [p for p in self.net.MainNet.parameters() if p.requires_grad], "lr": float(opt["lr"])},
+                      {"params": [p for p in self.net.LTE.parameters() if p.requires_grad], "lr": float(opt["lr_lte"])}]
+        else:  # SRNTT: everything but the frozen VGG19
+            groups = [{"params": [p for p in self.net.parameters() if p.requires_grad], "lr": float(opt["lr"])}]
         self.optimizer = torch.optim.Adam(groups, betas=tuple(opt["betas"]), eps=float(opt["eps"]))
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=max(1, int(opt["decay"])),
                                                          gamma=float(opt["gamma"]))
@@ -313,12 +323,20 @@ class Trainer:
     def _build_network(self, resume: dict | None, vgg_state) -> torch.nn.Module:
         m = self.cfg["model"]
         if resume is not None:
+            found = resume["model_config"].get("arch", "ttsr")
+            if found != self.arch:
+                raise RefSRError(f"the checkpoint to resume holds a {found} network, but model.arch is {self.arch}; "
+                                 f"resume it with --model {found}")
             net = build_network(resume["model_config"])
             net.load_state_dict(resume["model"])
             return net
         if m["init"]:
             path = _resolve_weights(str(m["init"]))
             ckpt = weights.read_checkpoint(path)
+            found = ckpt.config.get("arch", "ttsr")
+            if found != self.arch:
+                raise RefSRError(f"model.init {path} holds a {found} network, but model.arch is {self.arch}; "
+                                 f"fine-tune it with --model {found}")
             net = build_network(ckpt.config)
             try:
                 net.load_state_dict(ckpt.state_dict, strict=True)
@@ -328,10 +346,9 @@ class Trainer:
             if self.dist.main:
                 self.log(f"fine-tuning from {path} ({ckpt.source_format} format, config {ckpt.config})")
             return net
-        net = TTSR(TTSRConfig(n_feats=int(m["n_feats"]), num_res_blocks=tuple(m["num_res_blocks"]),
-                              res_scale=float(m["res_scale"]), global_skip=bool(m.get("global_skip", False))))
-        if vgg_state is not None:
-            net.LTE.load_vgg19(vgg_state)
+        net = build_network(network_config(m))
+        if vgg_state is not None:  # TTSR: the LTE's start; SRNTT: its fixed matching space
+            (net.LTE.load_vgg19 if self.arch == "ttsr" else net.load_vgg19)(vgg_state)
         return net
 
     def state(self) -> dict:
@@ -400,6 +417,10 @@ class Trainer:
                 tpl = self.w["tpl"] * self.tpl(self.net.LTE, sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1)
                 loss = loss + tpl
                 values["tpl"] = float(tpl.detach())
+            if full and self.tex is not None:  # through SRNTT's own frozen VGG, which M comes from
+                tex = self.w["tex"] * self.tex(self.net.vgg, sr, out.S, out.M_lv3, out.M_lv2, out.M_lv1)
+                loss = loss + tex
+                values["tex"] = float(tex.detach())
         if full and self.gan is not None:
             with torch.autocast(device_type=self.device.type, enabled=False):
                 values["d"] = self.gan.discriminator_steps(sr, b["hr"])
@@ -460,7 +481,8 @@ class Trainer:
         run = self.cfg["run"]
         val_every, ckpt_every, log_every = int(run["val_every"] or 0), int(run["ckpt_every"] or 0), max(1, int(run["log_every"]))
         if self.dist.main:
-            self.log(f"training {sum(p.numel() for p in self.net.parameters()):,} parameters on {self.device}"
+            n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+            self.log(f"training {self.arch} ({n_train:,} trainable parameters) on {self.device}"
                      f"{f' × {self.dist.world} processes' if self.dist.active else ''}; {len(self.dataset)} samples "
                      f"per epoch, {self.steps_per_epoch} steps per epoch per process; "
                      f"{'resumed at step ' + str(self.step) if self.resumed else 'fresh start'}")
@@ -522,7 +544,7 @@ class Trainer:
         if self.dist.main:
             self.plot()
             exported = Path(run["export"]).expanduser() if run["export"] else self.out / "model.pt"
-            meta = {"step": self.step, "epoch": self.epoch, "data": str(self.cfg["data"]["train"]),
+            meta = {"arch": self.arch, "step": self.step, "epoch": self.epoch, "data": str(self.cfg["data"]["train"]),
                     "init": self.cfg["model"]["init"], "losses": self.w}
             if result is not None:
                 meta["val"] = {k: result[k] for k in ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")}
@@ -539,7 +561,8 @@ class Trainer:
         now = time.perf_counter()
         row = {k: float(np.mean(v)) for k, v in acc.items()}
         row.update(step=self.step, epoch=self.epoch, phase="main" if full else "rec-warmup",
-                   lr=self.optimizer.param_groups[0]["lr"], lr_lte=self.optimizer.param_groups[1]["lr"],
+                   lr=self.optimizer.param_groups[0]["lr"],
+                   lr_lte=self.optimizer.param_groups[1]["lr"] if len(self.optimizer.param_groups) > 1 else None,
                    samples_per_s=samples / max(busy, 1e-9), elapsed_s=now - t_start)
         self.train_log.append(row)
         if self.tb is not None:
@@ -564,11 +587,13 @@ class Trainer:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train or fine-tune TTSR (reference-based ×4 super-resolution)",
+    p = argparse.ArgumentParser(description="Train or fine-tune TTSR or SRNTT (reference-based ×4 super-resolution)",
                                 epilog="Any config value can be overridden as section.key=value, "
                                        "e.g. loss.adv=0 train.batch=4 data.noise=[0,0.02].")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
-    p.add_argument("--config", help="YAML config (see training/configs/ttsr.yaml)")
+    p.add_argument("--config", help="YAML config (see training/configs/ttsr.yaml, srntt.yaml)")
+    p.add_argument("--model", choices=sorted(ARCH_MODEL_KEYS),
+                   help="network to train (model.arch; default ttsr): each starts from its paper's losses")
     p.add_argument("--data", help="training images: CUFED root or a plain folder (data.train)")
     p.add_argument("--ref-dir", help="paired reference folder for a plain folder (data.ref_dir)")
     p.add_argument("--val", help="validation folder: CUFED5 or plain (data.val)")
@@ -604,7 +629,8 @@ def _flag_overrides(args) -> list[tuple[str, object]]:
 
 
 def build_config(args, base: dict | None = None) -> dict:
-    config = load_config(args.config, args.overrides, base=base)
+    overrides = list(args.overrides) + ([f"model.arch={args.model}"] if args.model else [])
+    config = load_config(args.config, overrides, base=base)
     for key, value in _flag_overrides(args):
         set_key(config, key, value)
     if args.rec_only:
@@ -631,6 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ckpt_path = CheckpointManager(Path(config["run"]["out"]).expanduser() / "checkpoints").latest()
             if ckpt_path is not None:
                 resume = load_training_checkpoint(ckpt_path)
+                stored = resume["model_config"].get("arch", "ttsr")
+                if args.model and args.model != stored:
+                    raise RefSRError(f"{ckpt_path} is from a {stored} run; resume it with --model {stored} "
+                                     "(or without --model)")
                 config = build_config(args, base=resume["config"])
         elif CheckpointManager(Path(config["run"]["out"]).expanduser() / "checkpoints").latest() is not None:
             raise RefSRError(f"{config['run']['out']} already holds checkpoints; continue it with --resume "
