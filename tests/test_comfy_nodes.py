@@ -358,3 +358,24 @@ def test_bad_inputs_are_clear_errors(model, scene):
     tiny_ref = torch.rand(1, 8, 8, 3)
     with pytest.raises(RefSRError, match="reference 1 .* too small"):
         run(cn.RefSRUpscale, image=_image(scene["lr"][0]), reference=tiny_ref, refsr_model=model, tile_size=32)
+
+
+def test_srntt_export_loads_and_upscales_through_the_nodes(scene):
+    """SRNTT is selectable in ComfyUI too: an exported SRNTT checkpoint in models/refsr."""
+    from napari_refsr.archs.srntt import SRNTT, SRNTTConfig
+    from napari_refsr.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    net = SRNTT(SRNTTConfig(n_feats=8, content_blocks=1, transfer_blocks=(1, 1, 1)))
+    path = save_checkpoint(REFSR_DIR / "tiny-srntt.pt", net.state_dict(), net.config.to_dict())
+    try:
+        assert "tiny-srntt.pt" in cn.model_names()
+        (model,) = run(cn.LoadRefSRModel, model_name="tiny-srntt.pt")
+        assert model.arch == "srntt"
+        out, mask = run(cn.RefSRUpscale, image=_image(scene["lr"][0]), reference=_image(scene["hr"]),
+                        refsr_model=model, tile_size=32)
+        assert out.shape == (1, 64, 48, 3) and mask.shape == (1, 64, 48)
+        alone = napari_refsr.upscale(model, scene["lr"][0], scene["hr"], tile=32, device="cpu", value_range=(0, 1))
+        np.testing.assert_allclose(out[0].numpy(), np.clip(alone, 0, 1), atol=1e-6)
+    finally:
+        path.unlink()
