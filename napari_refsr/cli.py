@@ -59,7 +59,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = _Parser(prog=PROG, description="Reference-based ×4 image super-resolution (TTSR).")
+    parser = _Parser(prog=PROG, description="Reference-based ×4 image super-resolution (TTSR, SRNTT).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
