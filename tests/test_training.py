@@ -464,6 +464,23 @@ def test_evaluate_cufed5_folder_against_bicubic(tmp_path, capsys):
         assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
 
 
+def test_evaluate_with_an_uninformative_reference(tmp_path, capsys):
+    """--uninformative-ref adds a row per model run with its own LR↑ as the only reference."""
+    folder = tmp_path / "plain"
+    write_png(folder / "a.png", texture(48, 96, seed=3))
+    torch.manual_seed(0)
+    model_path = train.export_model(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))), tmp_path / "m.pt")
+    items = eval_items(folder)
+    real = evaluate.evaluate_network(rs.load_model(model_path, device="cpu", cache=False).network, items)
+    csv_path = tmp_path / "res.csv"
+    assert evaluate.main(["--model", str(model_path), "--data", str(folder), "--uninformative-ref",
+                          "--csv", str(csv_path)]) == 0
+    means = {r["method"]: float(r["psnr"]) for r in read_csv(csv_path) if r["image"] == "mean"}
+    assert set(means) == {"bicubic", "m.pt", "m.pt (ref = LR↑)"}
+    assert abs(means["m.pt"] - real["psnr"]) < 1e-3
+    assert math.isfinite(means["m.pt (ref = LR↑)"]) and means["m.pt (ref = LR↑)"] != means["m.pt"]
+
+
 def test_evaluate_plain_folder_grayscale(tmp_path):
     gray = (texture(40, 80, seed=2, channels=1)[..., 0] * 255).round().astype(np.uint8)
     (tmp_path / "plain").mkdir()

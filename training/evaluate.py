@@ -69,8 +69,11 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 @torch.no_grad()
 def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem], *, device="cpu",
-                     amp_dtype: torch.dtype | None = None) -> dict:
+                     amp_dtype: torch.dtype | None = None, uninformative_ref: bool = False) -> dict:
     """Mean PSNR/SSIM of ``network`` (None: bicubic only) and of bicubic on ``items``.
+
+    ``uninformative_ref``: give the network its own LR↑ as the only reference instead of the real
+    ones, which measures how much of its quality comes from the reference.
 
     Returns ``{"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "n", "images": [...]}``.
     """
@@ -86,10 +89,13 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
             bic = metric_image(x["lr_up"][0], quantize=item.quantize, gray=item.gray)
             row = {"image": item.name}
             row["psnr_bicubic"], row["ssim_bicubic"] = psnr_ssim(bic, hr)
+            refs, refs_du = x["refs"], x["refs_down_up"]
+            if uninformative_ref:
+                refs, refs_du = [x["lr_up"]], [_down_up_net(x["lr_up"], item.quantize)]
             if network is not None:
                 with _autocast(device, amp_dtype):
                     out = network(x["lr"].to(device), x["lr_up"].to(device),
-                                  [r.to(device) for r in x["refs"]], [r.to(device) for r in x["refs_down_up"]])
+                                  [r.to(device) for r in refs], [r.to(device) for r in refs_du])
                 sr = metric_image(out[0][0].float().clamp(-1, 1), quantize=item.quantize, gray=item.gray)
                 row["psnr"], row["ssim"] = psnr_ssim(sr, hr)
             rows.append(row)
@@ -103,6 +109,13 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
         if key != "image":
             result[key] = float(np.mean([r[key] for r in rows]))
     return result
+
+
+def _down_up_net(img: torch.Tensor, quantize: bool) -> torch.Tensor:
+    """Ref↓↑ of an image in [-1, 1], on the 8-bit grid when the data are 8-bit (as the pipeline)."""
+    from napari_refsr.resize import down_up
+
+    return down_up((img + 1) * 127.5, 4, quantize=quantize) / 127.5 - 1
 
 
 def load_network(source: str, device: torch.device) -> tuple[torch.nn.Module, str]:
@@ -140,8 +153,9 @@ def _levels(values: Sequence[str]) -> list[str]:
 
 def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref_dir: str | None = None,
         crop: int | None = None, max_images: int | None = None, device: str = "auto",
-        csv_path: str | None = None, out=None) -> list[dict]:
-    """Evaluate every model (and bicubic) at every level; print a table, write a CSV."""
+        csv_path: str | None = None, out=None, uninformative_ref: bool = False) -> list[dict]:
+    """Evaluate every model (and bicubic) at every level; print a table, write a CSV.
+    With ``uninformative_ref`` every model is also run with its own LR↑ as the reference."""
     out = out or sys.stdout
     from napari_refsr.devices import choose_device
 
@@ -162,11 +176,18 @@ def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref
                 per_image += [{"method": "bicubic", "level": tag, "image": r["image"], "psnr": r["psnr_bicubic"],
                                "ssim": r["ssim_bicubic"]} for r in res["images"]]
                 first = False
-            if net is not None:
-                summary.append({"method": name, "level": tag, "psnr": res["psnr"], "ssim": res["ssim"],
-                                "n": res["n"], "seconds": round(seconds, 2)})
-                per_image += [{"method": name, "level": tag, "image": r["image"], "psnr": r["psnr"],
-                               "ssim": r["ssim"]} for r in res["images"]]
+            if net is None:
+                continue
+            runs = [(name, res, seconds)]
+            if uninformative_ref:
+                t0 = time.perf_counter()
+                runs.append((f"{name} (ref = LR↑)", evaluate_network(net, items, device=dev, uninformative_ref=True),
+                             time.perf_counter() - t0))
+            for method, r_, secs in runs:
+                summary.append({"method": method, "level": tag, "psnr": r_["psnr"], "ssim": r_["ssim"],
+                                "n": r_["n"], "seconds": round(secs, 2)})
+                per_image += [{"method": method, "level": tag, "image": r["image"], "psnr": r["psnr"],
+                               "ssim": r["ssim"]} for r in r_["images"]]
         if ref_dir is not None or not _is_cufed(data):
             break  # levels only mean something for CUFED5
     _print_table(summary, out)
@@ -210,10 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--csv", default=None, help="write the table and per-image values here")
+    parser.add_argument("--uninformative-ref", action="store_true",
+                        help="also run every model with its own LR↑ as the reference (the value of the reference)")
     args = parser.parse_args(argv)
     try:
         run(args.model, args.data, levels=_levels(args.level), ref_dir=args.ref_dir, crop=args.crop,
-            max_images=args.max_images, device=args.device, csv_path=args.csv)
+            max_images=args.max_images, device=args.device, csv_path=args.csv,
+            uninformative_ref=args.uninformative_ref)
     except RefSRError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
