@@ -141,7 +141,8 @@ class _Runner:
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(budget)
         self.progress, self.cancel = progress, cancel
         self.total_slices = total_slices
-        self.done = 0
+        self.slices_done = 0
+        self.done = self.total = 0  # tiles, over all slices (the total grows if a retry re-plans)
         self.engine = None
 
     def _engine(self) -> _Engine:
@@ -171,24 +172,22 @@ class _Runner:
         while True:
             per_slice = len(plan_tiles(h, w, self.tile, self.overlap))
             start = self.done
-            self.total = self.done + per_slice * (self.total_slices - self._slices_done)
+            self.total = self.done + per_slice * (self.total_slices - self.slices_done)
             try:
                 result = _run_slice(engine, lr, self.tile, self.overlap, self._step)
-                self._slices_done += 1
+                self.slices_done += 1
                 return result
-            except Exception as err:  # noqa: BLE001
-                if not is_out_of_memory(err) or self.tile <= MIN_TILE:
-                    if is_out_of_memory(err):
-                        raise RefSRError(f"out of memory even with {self.tile}-pixel tiles on {engine.device}; "
-                                         "use device 'cpu' or a smaller image") from err
+            except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
+                if not is_out_of_memory(err):
                     raise
+                if self.tile <= MIN_TILE:
+                    raise RefSRError(f"out of memory even with {self.tile}-pixel tiles on {engine.device}; "
+                                     "use device 'cpu' or a smaller image") from err
                 release_memory(engine.device)
                 self.tile = max(MIN_TILE, self.tile // 2)
                 self.budget = max(16 * 2**20, self.budget // 2)
                 engine.net.search_budget = self.budget
-                self.done = start
-
-    _slices_done = 0
+                self.done = start  # the slice is redone with smaller tiles
 
 
 def upscale_nd(
