@@ -20,14 +20,14 @@ temporary file in the target directory that replaces the target only when comple
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from .errors import RefSRError
+from .weights import atomic_write
 
 __all__ = [
     "read_image",
@@ -286,26 +286,17 @@ def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None =
     fmt, axes = _plan(p, arr.shape, arr.dtype, meta)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".part")
-    os.close(fd)
     try:
         if fmt == "tiff":
-            _write_tiff(tmp, arr, axes, meta or {})
+            atomic_write(p, lambda f: _write_tiff(f, arr, axes, meta or {}))
         else:
-            _write_pillow(tmp, arr, axes, fmt)
-        os.replace(tmp, p)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(err, OSError):
-            raise RefSRError(f"cannot write {p}: {err.strerror or err}") from None
-        raise
+            atomic_write(p, lambda f: _write_pillow(f, arr, axes, fmt))
+    except OSError as err:
+        raise RefSRError(f"cannot write {p}: {err.strerror or err}") from None
     return p
 
 
-def _write_pillow(tmp: str, arr: np.ndarray, axes: str, fmt: str) -> None:
+def _write_pillow(f: BinaryIO, arr: np.ndarray, axes: str, fmt: str) -> None:
     from PIL import Image
 
     if axes.endswith("S") and arr.shape[-1] == 1:
@@ -313,10 +304,10 @@ def _write_pillow(tmp: str, arr: np.ndarray, axes: str, fmt: str) -> None:
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
     im = Image.fromarray(arr)  # uint16 (H, W) → mode I;16, written as a 16-bit PNG
     options = {"quality": JPEG_QUALITY} if fmt == "jpeg" else {}
-    im.save(tmp, format="JPEG" if fmt == "jpeg" else "PNG", **options)
+    im.save(f, format="JPEG" if fmt == "jpeg" else "PNG", **options)
 
 
-def _write_tiff(tmp: str, arr: np.ndarray, axes: str, meta: dict[str, Any]) -> None:
+def _write_tiff(f: BinaryIO, arr: np.ndarray, axes: str, meta: dict[str, Any]) -> None:
     import tifffile
 
     kwargs: dict[str, Any] = {}
@@ -338,4 +329,4 @@ def _write_tiff(tmp: str, arr: np.ndarray, axes: str, meta: dict[str, Any]) -> N
     if meta.get("resolution"):
         kwargs["resolution"] = tuple(float(v) for v in meta["resolution"])
         kwargs["resolutionunit"] = int(meta.get("resolution_unit", 1) or 1)
-    tifffile.imwrite(tmp, arr, **kwargs)
+    tifffile.imwrite(f, arr, **kwargs)

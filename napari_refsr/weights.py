@@ -747,8 +747,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp_name, "wb") as f:  # a named file: some writers (tifffile) need f.name
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -226,9 +226,8 @@ def test_failed_tiff_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monk
     imageio.write_image(target, old)
     before = target.read_bytes()
 
-    def broken_imwrite(path, data, **kwargs):
-        with open(path, "wb") as fh:
-            fh.write(b"II*\x00 half a file")
+    def broken_imwrite(fh, data, **kwargs):  # gets the open temp file
+        fh.write(b"II*\x00 half a file")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tifffile, "imwrite", broken_imwrite)
@@ -241,9 +240,8 @@ def test_failed_tiff_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monk
 def test_failed_png_write_leaves_no_file(tmp_path, monkeypatch):
     target = tmp_path / "new.png"
 
-    def broken_save(self, fp, *args, **kwargs):
-        with open(fp, "wb") as fh:
-            fh.write(b"\x89PNG\r\n\x1a\n truncated")
+    def broken_save(self, fp, *args, **kwargs):  # gets the open temp file
+        fp.write(b"\x89PNG\r\n\x1a\n truncated")
         raise ValueError("encoder exploded")
 
     monkeypatch.setattr(Image.Image, "save", broken_save)

@@ -7,12 +7,12 @@ to bicubic. Written atomically next to the CSV logs after each validation and at
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+
+from napari_refsr.weights import atomic_write
 
 __all__ = ["plot_curves"]
 
@@ -101,16 +101,4 @@ def plot_curves(path: str | Path, train_rows: Sequence[dict], val_rows: Sequence
     _panel(draw, (0, 320, 900, 580), "adversarial losses (WGAN-GP: generator, critic) vs step", signed, False, font)
     val = [(name, *col(val_rows, key)) for name, key in (("model PSNR", "psnr"), ("bicubic PSNR", "psnr_bicubic"))]
     _panel(draw, (0, 580, 900, 900), "validation PSNR (dB) vs step", [s for s in val if s[1]], False, font)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
