@@ -58,9 +58,8 @@ def _download_dir() -> str | None:
 
 
 def _registry_models() -> list[str]:
-    """Registry names of super-resolution models (vgg19 is a training-only feature extractor)."""
-    names = [name for name, spec in weights.REGISTRY.items() if spec.format != "vgg19"]
-    return sorted(names, key=lambda n: (n != DEFAULT_MODEL, n))
+    """Registry names of super-resolution models, the default first."""
+    return sorted(weights.model_names(), key=lambda n: (n != DEFAULT_MODEL, n))
 
 
 def _local_checkpoints() -> list[str]:

@@ -243,6 +243,12 @@ def fetch(
     return dest
 
 
+def model_names() -> list[str]:
+    """Registry names of super-resolution models, in registry order (``vgg19`` and other
+    feature-extractor weights used only by training are left out)."""
+    return [name for name, spec in REGISTRY.items() if spec.format != "vgg19"]
+
+
 def list_weights(*, cache_dir: str | os.PathLike | None = None) -> list[dict]:
     """One dict per registry entry (name, description, cached, path, format, url, licence)."""
     rows = []

@@ -580,3 +580,9 @@ def test_save_checkpoint_bad_input_leaves_nothing(tmp_path, tiny_state):
     with pytest.raises(RefSRError, match=".safetensors"):
         weights.save_checkpoint(tmp_path / "m.bin", tiny_state, CFG.to_dict())
     assert files_in(tmp_path) == []
+
+
+def test_model_names_lists_super_resolution_models_only():
+    names = weights.model_names()
+    assert names == [n for n in weights.REGISTRY if weights.REGISTRY[n].format != "vgg19"]
+    assert "ttsr-rec" in names and "ttsr-gan" in names and "vgg19" not in names

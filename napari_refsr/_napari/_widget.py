@@ -202,9 +202,7 @@ class RefSRWidget(Container):
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         items: list[tuple[str, str]] = []
-        for name, spec in weights.REGISTRY.items():
-            if spec.format == "vgg19":  # the training feature extractor, not a super-resolution model
-                continue
+        for name in weights.model_names():
             cached = weights.weights_path(name).is_file()
             items.append((name if cached else f"{name} (downloads on first use)", name))
         paths = [Path(p) for p in self._extra_checkpoints] + weights.find_checkpoints()
