@@ -313,9 +313,11 @@ class TTSR(nn.Module):
         self.MainNet = MainNet(cfg.num_res_blocks, cfg.n_feats, cfg.res_scale)
         self.LTE = LTE()
         self.search_budget = ts.DEFAULT_BUDGET
-        if cfg.global_skip:  # start close to bicubic: the network learns a small residual
-            with torch.no_grad():  # (not zero: that would also block the gradient to every layer)
-                self.MainNet.merge_tail.conv_tail2.weight.mul_(0.1)
+        if cfg.global_skip:  # start exactly at LR↑: the network learns a residual from zero.
+            # A random residual at init teaches the first steps to silence it, which they do
+            # fastest by killing the ReLU after conv_merge for good (seen with a scaled-down init).
+            with torch.no_grad():
+                self.MainNet.merge_tail.conv_tail2.weight.zero_()
                 self.MainNet.merge_tail.conv_tail2.bias.zero_()
 
     def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
