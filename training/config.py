@@ -64,7 +64,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "percentiles": [0.1, 99.9],  # intensity window of non-8-bit images
     },
     "loss": {
-        "rec": 1.0,  # L1 reconstruction
+        "rec": 1.0,  # reconstruction (rec_type: l1 as the paper, or l2)
+        "rec_type": "l1",
         "per": 1.0e-2,  # perceptual MSE on VGG19 relu5_1
         "tpl": 1.0e-2,  # transferal perceptual loss (TTSR only)
         "tex": 0.0,  # texture loss: Gram matrices against the swapped maps (SRNTT only)
@@ -268,6 +269,8 @@ def check_config(config: dict) -> dict:
                          "use e.g. 160 or set loss.adv=0")
     if float(loss["rec"]) <= 0:
         raise RefSRError("loss.rec must be > 0: the reconstruction loss anchors every TTSR variant")
+    if loss["rec_type"] not in ("l1", "l2"):
+        raise RefSRError(f"loss.rec_type must be l1 or l2, got {loss['rec_type']!r}")
     if loss["tpl_type"] not in ("l1", "l2"):
         raise RefSRError(f"loss.tpl_type must be l1 or l2, got {loss['tpl_type']!r}")
     if int(tr["batch"]) < 1:

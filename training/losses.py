@@ -28,8 +28,15 @@ __all__ = ["VGG19Features", "load_vgg19_state", "PerceptualLoss", "TransferalPer
 _VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512]
 
 
-def reconstruction_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    """L1 between the SR and HR images (the reference's ``rec`` loss)."""
+def reconstruction_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """L1 (the reference's ``rec`` loss) or MSE (``kind="l2"``) between the SR and HR images.
+
+    MSE weighs large errors (edges) more, which a network learning a residual from zero picks up
+    far sooner than from L1's sign-only gradient (``loss.rec_type``)."""
+    if kind == "l2":
+        return F.mse_loss(sr, hr)
+    if kind != "l1":
+        raise ValueError(f"reconstruction loss kind must be l1 or l2, got {kind!r}")
     return F.l1_loss(sr, hr)
 
 

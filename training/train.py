@@ -227,6 +227,7 @@ class Trainer:
         torch.manual_seed(seed)  # the same initial weights on every process
         self.arch = str(self.cfg["model"]["arch"])
         self.w = {k: float(lw[k]) for k in ("rec", "per", "tpl", "tex", "adv")}
+        self.rec_type = str(lw["rec_type"])
 
         # data first: bad folders fail before anything heavy is built
         self.batch = int(tr["batch"])
@@ -251,8 +252,9 @@ class Trainer:
         need_vgg = self.w["per"] > 0 or (resume is None and not self.cfg["model"]["init"])
         vgg_state = load_vgg19_state(self.cfg["model"]["vgg_weights"]) if need_vgg else None
         if need_vgg and vgg_state is None and self.dist.main:
-            warnings.warn("model.vgg_weights is null: random VGG19 for the LTE init / SRNTT's matching / the "
-                          "perceptual loss (only sensible for tests)", UserWarning)
+            warnings.warn("model.vgg_weights is null: the LTE starts from random VGG19 weights and learns "
+                          "from scratch (fine with a reconstruction loss); SRNTT's matching and the "
+                          "perceptual loss would use random features", UserWarning)
         self.net = self._build_network(resume, vgg_state).to(device)
         self.net.train()
 
@@ -279,14 +281,18 @@ class Trainer:
                               reduce_grads=self.dist.average_grads)
             self.D.requires_grad_(False)
 
-        # mixed precision (CUDA only)
+        # mixed precision: on CUDA by default (bf16 where supported, else fp16 with loss scaling);
+        # on the CPU only when train.amp_dtype names a dtype (rarely faster there, but the same
+        # autocast and loss-scaling code as on a GPU, which the CPU tests exercise)
         self.amp_dtype = None
+        want = tr["amp_dtype"]
         if bool(tr["amp"]) and device.type == "cuda":
-            want = tr["amp_dtype"]
             if want == "auto":
                 want = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
             self.amp_dtype = getattr(torch, want)
             torch.backends.cudnn.benchmark = True
+        elif bool(tr["amp"]) and device.type == "cpu" and want != "auto":
+            self.amp_dtype = getattr(torch, want)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
         # model wrapper for DDP
@@ -406,7 +412,7 @@ class Trainer:
         with self._autocast():
             out = self.engine(b["lr"], b["lr_up"], b["ref"], b["ref_down_up"])
             sr = out.sr
-            rec = self.w["rec"] * reconstruction_loss(sr.float(), b["hr"])
+            rec = self.w["rec"] * reconstruction_loss(sr.float(), b["hr"], self.rec_type)
             loss = rec
             values["rec"] = float(rec.detach())
             if full and self.perceptual is not None:
@@ -482,8 +488,10 @@ class Trainer:
         val_every, ckpt_every, log_every = int(run["val_every"] or 0), int(run["ckpt_every"] or 0), max(1, int(run["log_every"]))
         if self.dist.main:
             n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+            precision = f", mixed precision {str(self.amp_dtype).split('.')[-1]}" if self.amp_dtype else ""
             self.log(f"training {self.arch} ({n_train:,} trainable parameters) on {self.device}"
-                     f"{f' × {self.dist.world} processes' if self.dist.active else ''}; {len(self.dataset)} samples "
+                     f"{f' × {self.dist.world} processes' if self.dist.active else ''}{precision}; "
+                     f"{len(self.dataset)} samples "
                      f"per epoch, {self.steps_per_epoch} steps per epoch per process; "
                      f"{'resumed at step ' + str(self.step) if self.resumed else 'fresh start'}")
         if not self.resumed and self.has_val and bool(run["val_at_start"]):
