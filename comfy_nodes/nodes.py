@@ -75,7 +75,8 @@ def model_names() -> list[str]:
 
 
 class LoadRefSRModel(io.ComfyNode):
-    """Loads a RefSR checkpoint from models/refsr, or a registry model (downloaded there once)."""
+    """Loads a registry model (the shipped default, or downloaded into models/refsr once) or a
+    RefSR checkpoint from models/refsr."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -88,9 +89,10 @@ class LoadRefSRModel(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "model_name", options=names, default=names[0] if names else None,
-                    tooltip="A checkpoint (.pt/.pth/.safetensors) in ComfyUI/models/refsr, or a model "
-                            f"name from the napari-refsr registry ({', '.join(_registry_models())}), which "
-                            "is downloaded into ComfyUI/models/refsr on first use and hash-checked."),
+                    tooltip=f"A model from the napari-refsr registry ({', '.join(_registry_models())}; "
+                            f"{DEFAULT_MODEL} ships with the package, the others are downloaded into "
+                            "ComfyUI/models/refsr on first use), hash-checked, or a checkpoint "
+                            "(.pt/.pth/.safetensors) in ComfyUI/models/refsr."),
             ],
             outputs=[REFSR_MODEL.Output(display_name="refsr_model",
                                         tooltip="The loaded network, kept on the CPU between runs.")],

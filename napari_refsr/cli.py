@@ -223,7 +223,7 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
     rows = weights.list_weights()
     width = max((len(r["name"]) for r in rows), default=4)
     for r in rows:
-        state = "cached" if r.get("cached") else "not downloaded"
+        state = "packaged" if r.get("packaged") else "cached" if r.get("cached") else "not downloaded"
         print(f"{r['name']:<{width}}  {state:<14}  {r.get('description', '')}")
         print(f"{'':<{width}}  {'':<14}  {r.get('path', '')}")
     return EXIT_OK

@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["resize_bicubic", "down_up"]
+__all__ = ["resize_bicubic", "resize_uint8", "down_up"]
 
 
 def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -82,3 +82,16 @@ def down_up(x: torch.Tensor, factor: int = 4, *, quantize: bool = False) -> torc
     h, w = x.shape[-2:]
     small = resize_bicubic(x, (max(1, h // factor), max(1, w // factor)), quantize=quantize)
     return resize_bicubic(small, (h, w), quantize=quantize)
+
+
+def resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 (H, W) or (H, W, C) array resized to ``size`` exactly as PIL's BICUBIC would:
+    how LR images are made from 8-bit originals (sample data, tests, benchmarks)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"resize_uint8 needs a uint8 (H, W) or (H, W, C) array, got {image.dtype} {image.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(image)).float()
+    t = t.permute(2, 0, 1) if t.dim() == 3 else t
+    out = resize_bicubic(t, size, quantize=True)
+    out = out.permute(1, 2, 0) if out.dim() == 3 else out
+    return out.round().clamp(0, 255).to(torch.uint8).numpy()

@@ -119,6 +119,20 @@ class WeightSpec:
 
 
 REGISTRY: dict[str, WeightSpec] = {
+    # The default: ships inside the package (no download), hash-checked on every load like the
+    # rest. How it was trained and what it measures: docs/model-card.md.
+    "refsr-compact": WeightSpec(
+        name="refsr-compact",
+        url=None,
+        filename="refsr-compact.safetensors",
+        hash="sha256:7f370936ef63a2e6f075269353497af9833ee06f378df696cd3ea26e8485d79f",
+        format="refsr",
+        description="compact TTSR ×4 (32 features, 4+4+2+1 blocks) trained on scikit-image's "
+                    "bundled images; ships with the package, works offline (docs/model-card.md)",
+        licence="MIT (this project); trained on scikit-image data (public domain / CC0 / CC BY, "
+                "see docs/model-card.md)",
+        packaged="data/refsr-compact.safetensors",
+    ),
     "ttsr-rec": WeightSpec(
         name="ttsr-rec",
         url="https://download.openmmlab.com/mmediting/restorers/ttsr/"
@@ -250,12 +264,14 @@ def model_names() -> list[str]:
 
 
 def list_weights(*, cache_dir: str | os.PathLike | None = None) -> list[dict]:
-    """One dict per registry entry (name, description, cached, path, format, url, licence)."""
+    """One dict per registry entry (name, description, cached, packaged, path, format, url,
+    licence); ``packaged``: the file ships inside the package (nothing to download)."""
     rows = []
     for name, spec in REGISTRY.items():
         path = weights_path(name, cache_dir=cache_dir)
+        packaged = spec.packaged is not None and path == _PACKAGE_DIR / spec.packaged
         rows.append({"name": name, "description": spec.description, "cached": path.is_file(),
-                     "path": str(path), "format": spec.format, "url": spec.url,
+                     "packaged": packaged, "path": str(path), "format": spec.format, "url": spec.url,
                      "licence": spec.licence})
     return rows
 

@@ -34,3 +34,19 @@ def tiny_model(tiny_checkpoint):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def held_out_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(HR, reference) uint8 pairs from images the shipped default model never saw in training
+    (training/sample_data.py VAL): the stereo pair's left view with the right view's same region
+    as reference, and the held-out bottom third of the IHC slide with a neighbouring field."""
+    from skimage import data
+
+    left, right, _ = data.stereo_motorcycle()
+    ihc = data.immunohistochemistry()
+    bottom = ihc[ihc.shape[0] * 2 // 3:]
+    return {
+        "motorcycle": (left[150:342, 250:442], right[150:342, 200:456]),
+        "ihc": (bottom[:168, :192], bottom[:168, 256:512]),
+    }

@@ -163,9 +163,9 @@ def test_weights_list(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
     assert cli.main(["weights", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    for name in weights.REGISTRY:
+    for name, spec in weights.REGISTRY.items():
         row = next(line for line in lines if line.startswith(name + " "))
-        assert "not downloaded" in row
+        assert ("packaged" if spec.packaged else "not downloaded") in row
     # a file in the cache (of any content: listing does not verify) shows as cached, with its path
     first = next(name for name, spec in weights.REGISTRY.items() if spec.packaged is None)
     cached = weights.weights_path(first)

@@ -180,6 +180,9 @@ def test_missing_model_file_is_a_clear_error(tiny_file):
         run(cn.LoadRefSRModel, model_name="no-such-model")
 
 
+DOWNLOADABLE = "ttsr-rec"  # a registry model that is downloaded (the default ships in the package)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,21 +190,21 @@ def _free_port() -> int:
 
 
 def test_registry_model_offline_names_the_refsr_folder(tiny_file, monkeypatch):
-    spec = napari_refsr.weights.REGISTRY[napari_refsr.DEFAULT_MODEL]
+    spec = napari_refsr.weights.REGISTRY[DOWNLOADABLE]
     monkeypatch.setenv(napari_refsr.weights.BASE_URL_ENV, f"http://127.0.0.1:{_free_port()}")  # nobody listens
     with pytest.raises(WeightsError) as info:
-        run(cn.LoadRefSRModel, model_name=napari_refsr.DEFAULT_MODEL)
+        run(cn.LoadRefSRModel, model_name=DOWNLOADABLE)
     assert "could not download" in str(info.value)
     assert str(REFSR_DIR / spec.filename) in str(info.value)  # where to put the file by hand
     assert sorted(p.name for p in REFSR_DIR.iterdir() if p.is_file()) == ["tiny.pt"]
 
 
 def test_registry_model_uses_the_core_cache_when_the_user_sets_it(tiny_file, monkeypatch, tmp_path):
-    spec = napari_refsr.weights.REGISTRY[napari_refsr.DEFAULT_MODEL]
+    spec = napari_refsr.weights.REGISTRY[DOWNLOADABLE]
     monkeypatch.setenv(napari_refsr.weights.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(napari_refsr.weights.BASE_URL_ENV, f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(WeightsError) as info:
-        run(cn.LoadRefSRModel, model_name=napari_refsr.DEFAULT_MODEL)
+        run(cn.LoadRefSRModel, model_name=DOWNLOADABLE)
     assert str(tmp_path / "cache" / spec.filename) in str(info.value)
 
 
@@ -227,11 +230,11 @@ def test_registry_model_is_downloaded_into_the_refsr_folder(tiny_file, monkeypat
     try:
         monkeypatch.setenv(napari_refsr.weights.BASE_URL_ENV, f"http://127.0.0.1:{server.server_port}/w")
         with pytest.raises(WeightsError, match="expected"):
-            run(cn.LoadRefSRModel, model_name=napari_refsr.DEFAULT_MODEL)
+            run(cn.LoadRefSRModel, model_name=DOWNLOADABLE)
     finally:
         server.shutdown()
         server.server_close()
-    assert requested == [f"/w/{napari_refsr.weights.REGISTRY[napari_refsr.DEFAULT_MODEL].filename}"]
+    assert requested == [f"/w/{napari_refsr.weights.REGISTRY[DOWNLOADABLE].filename}"]
     assert sorted(p.name for p in REFSR_DIR.iterdir() if p.is_file()) == ["tiny.pt"]
 
 

@@ -21,6 +21,7 @@ from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
+import napari_refsr  # noqa: E402
 from napari_refsr import weights  # noqa: E402
 from napari_refsr._napari import _sample_data, _widget  # noqa: E402
 from napari_refsr._napari._convert import placement  # noqa: E402
@@ -365,6 +366,38 @@ def test_sample_data_opens_and_preselects(make_napari_viewer, monkeypatch, key, 
     if not widget_first:
         widget = _widget_for(viewer)
     assert widget.image.value is lr and widget.references.value == [ref]
+
+
+def test_shipped_default_model_runs_offline(make_napari_viewer, qtbot, monkeypatch, tmp_path, errors,
+                                            held_out_pairs):
+    """A fresh install with no network: add a low-res image and a reference, press Run with the
+    preselected default model; the result is closer to the original than bicubic, and nothing
+    was downloaded."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from napari_refsr.resize import resize_uint8
+
+    def offline(*_args, **_kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "empty-cache"))
+    original, reference = held_out_pairs["motorcycle"]
+    viewer = make_napari_viewer()
+    lr = viewer.add_image(resize_uint8(original, (48, 48)), name="lr", rgb=True)
+    ref = viewer.add_image(reference, name="ref", rgb=True)
+    widget = _widget_for(viewer)
+    assert widget.model.value == napari_refsr.DEFAULT_MODEL
+    widget.image.value, widget.references.value, widget.device.value = lr, [ref], "cpu"
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    out = viewer.layers["lr ×4 (RefSR)"].data
+    bicubic = resize_uint8(lr.data, (192, 192))
+    assert out.shape == original.shape and out.dtype == np.uint8
+    gain = peak_signal_noise_ratio(original, out) - peak_signal_noise_ratio(original, bicubic)
+    assert gain > 0.4, f"{gain:+.2f} dB over bicubic"
+    assert not (tmp_path / "empty-cache").exists()
 
 
 def test_models_folder_checkpoints_are_listed(make_napari_viewer, tmp_path, tiny_checkpoint, monkeypatch):

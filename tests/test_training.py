@@ -33,10 +33,10 @@ from napari_refsr.resize import resize_bicubic
 from napari_refsr.weights import read_checkpoint
 from training import evaluate, train
 from training.checkpoints import CheckpointManager, atomic_torch_save, load_training_checkpoint
-from training.config import ARCH_DEFAULTS, DEFAULTS, load_config, network_config
+from training.config import ARCH_DEFAULTS, DEFAULTS, check_config, load_config, network_config
 from training.data import (CUFEDTrainSet, Degradation, FolderTrainSet, _split_crop, build_train_set,
                            eval_items, list_images)
-from training.losses import Discriminator, TextureLoss, VGG19Features, WGANGP, gram_matrix
+from training.losses import Discriminator, TextureLoss, VGG19Features, WGANGP, gram_matrix, reconstruction_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO / "training" / "train.py"
@@ -347,6 +347,32 @@ def test_train_every_loss_checkpoint_and_export(tmp_path):
     assert train.main(["--data", str(data), "--out", str(out), "--steps", "1", *TINY]) == 2
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mixed_precision_every_loss_and_resume(tmp_path, capsys, dtype):
+    """The GPU's mixed-precision path (autocast; for fp16 also GradScaler's scale/unscale/step/
+    update) run on the CPU by naming the dtype: every loss finite, the scaler's state saved in
+    the checkpoint and restored on resume."""
+    data = make_folder(tmp_path / "data", n=2)
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(out), *TINY, "train.init_epochs=0", f"train.amp_dtype={dtype}",
+            "run.ckpt_every=1", "run.log_every=1"]
+    assert train.main([*args, "--steps", "1"]) == 0
+    assert f"mixed precision {dtype}" in capsys.readouterr().err
+    assert train.main([*args, "--steps", "2", "--resume"]) == 0
+    rows = read_csv(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("loss", "rec", "per", "tpl", "adv", "d"):
+            assert math.isfinite(float(r[key])), (key, r)
+    c1, c2 = (load_training_checkpoint(out / "checkpoints" / f"step_{s:08d}.pt") for s in (1, 2))
+    if dtype == "float16":
+        assert c1["scaler"]["scale"] > 0 and c2["scaler"]["_growth_tracker"] == c1["scaler"]["_growth_tracker"] + 1
+    else:
+        assert not c2["scaler"]  # bf16 needs no loss scaling
+    assert all(v.dtype == torch.float32 for v in c2["model"].values() if v.is_floating_point())
+    assert any(not torch.equal(c1["model"][k], c2["model"][k]) for k in c1["model"])
+
+
 def test_fine_tune_from_checkpoint_rec_only(tmp_path):
     data = make_folder(tmp_path / "data", n=2)
     torch.manual_seed(1)
@@ -360,6 +386,29 @@ def test_fine_tune_from_checkpoint_rec_only(tmp_path):
     # started from the given weights: one Adam step moves each weight by at most ~lr
     delta = max(float((state["model"][k] - v).abs().max()) for k, v in net.state_dict().items())
     assert 0 < delta < 5e-4
+
+
+def test_fine_tune_the_shipped_default_by_name_with_mse(tmp_path):
+    """The user's path on a fresh offline install: fine-tune the packaged default model by its
+    registry name (its own architecture comes with it), here with loss.rec_type=l2."""
+    data = make_folder(tmp_path / "data", n=2)
+    out = tmp_path / "ft"
+    assert train.main(["--data", str(data), "--out", str(out), "--init", rs.DEFAULT_MODEL, "--rec-only",
+                       "--steps", "1", "loss.rec_type=l2", *TINY]) == 0
+    state = load_training_checkpoint(CheckpointManager(out / "checkpoints").latest())
+    assert state["model_config"]["n_feats"] == 32 and state["model_config"]["global_skip"] is True
+    shipped = weights.read_checkpoint(weights.fetch(rs.DEFAULT_MODEL)).state_dict
+    delta = max(float((state["model"][k] - v).abs().max()) for k, v in shipped.items())
+    assert 0 < delta < 5e-4  # one Adam step from the shipped weights
+    assert rs.load_model(out / "model.pt", device="cpu").config["n_feats"] == 32
+    with pytest.raises(RefSRError, match="rec_type"):
+        check_config(load_config(None, ["loss.rec_type=huber"]))
+
+
+def test_reconstruction_loss_kinds():
+    sr, hr = torch.tensor([0.0, 0.5, -1.0]), torch.tensor([0.5, 0.5, 1.0])
+    assert float(reconstruction_loss(sr, hr)) == pytest.approx((0.5 + 0 + 2) / 3)
+    assert float(reconstruction_loss(sr, hr, "l2")) == pytest.approx((0.25 + 0 + 4) / 3)
 
 
 def test_resume_after_kill_continues_identically(tmp_path):

@@ -9,9 +9,8 @@ original pixel grid. The original is added too (hidden) to compare against.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..resize import resize_bicubic
+from ..resize import resize_uint8
 from ._convert import SAMPLE_ROLE_KEY
 
 __all__ = ["stereo_pair", "cell_pair", "downscale"]
@@ -21,12 +20,7 @@ FACTOR = 4
 
 def downscale(image: np.ndarray, factor: int = FACTOR) -> np.ndarray:
     """uint8 (H, W[, 3]) → (H/factor, W/factor[, 3]) uint8 with PIL's bicubic (H, W multiples of factor)."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).float()
-    t = t.permute(2, 0, 1) if t.dim() == 3 else t
-    h, w = t.shape[-2:]
-    small = resize_bicubic(t, (h // factor, w // factor), quantize=True)
-    small = small.permute(1, 2, 0) if small.dim() == 3 else small
-    return small.round().clamp(0, 255).to(torch.uint8).numpy()
+    return resize_uint8(image, (image.shape[0] // factor, image.shape[1] // factor))
 
 
 def _crop4(image: np.ndarray) -> np.ndarray:
