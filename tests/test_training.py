@@ -84,6 +84,16 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def two_logged_steps(out: Path, keys: tuple[str, ...]) -> list[dict]:
+    """The run's log.csv rows: steps 1 and 2, with every one of ``keys`` finite in each."""
+    rows = read_csv(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for r in rows:
+        for key in keys:
+            assert math.isfinite(float(r[key])), (key, r)
+    return rows
+
+
 def assert_same_state(a, b, where="state"):
     """Recursively equal: tensors bit for bit, everything else by ==."""
     if isinstance(a, torch.Tensor):
@@ -303,11 +313,8 @@ def test_train_every_loss_checkpoint_and_export(tmp_path):
     rc = train.main(["--data", str(data), "--val", str(val), "--out", str(out), "--steps", "2", *TINY,
                      "train.init_epochs=0", "run.ckpt_every=1", "run.val_every=2", "run.log_every=1"])
     assert rc == 0
-    rows = read_csv(out / "log.csv")
-    assert [int(r["step"]) for r in rows] == [1, 2]
+    rows = two_logged_steps(out, ("loss", "rec", "per", "tpl", "adv", "d", "samples_per_s"))
     for r in rows:
-        for key in ("loss", "rec", "per", "tpl", "adv", "d", "samples_per_s"):
-            assert math.isfinite(float(r[key])), (key, r)
         assert float(r["rec"]) > 0 and float(r["tpl"]) > 0 and r["phase"] == "main"
     vals = read_csv(out / "val.csv")
     assert [int(r["step"]) for r in vals] == [0, 2]  # before training and at step 2
@@ -359,11 +366,7 @@ def test_mixed_precision_every_loss_and_resume(tmp_path, capsys, dtype):
     assert train.main([*args, "--steps", "1"]) == 0
     assert f"mixed precision {dtype}" in capsys.readouterr().err
     assert train.main([*args, "--steps", "2", "--resume"]) == 0
-    rows = read_csv(out / "log.csv")
-    assert [int(r["step"]) for r in rows] == [1, 2]
-    for r in rows:
-        for key in ("loss", "rec", "per", "tpl", "adv", "d"):
-            assert math.isfinite(float(r[key])), (key, r)
+    two_logged_steps(out, ("loss", "rec", "per", "tpl", "adv", "d"))
     c1, c2 = (load_training_checkpoint(out / "checkpoints" / f"step_{s:08d}.pt") for s in (1, 2))
     if dtype == "float16":
         assert c1["scaler"]["scale"] > 0 and c2["scaler"]["_growth_tracker"] == c1["scaler"]["_growth_tracker"] + 1
@@ -663,11 +666,8 @@ def test_srntt_trains_every_loss_checkpoint_export_and_evaluate(tmp_path, vgg_fi
                      f"model.vgg_weights={vgg_file}", "train.init_epochs=0", "run.ckpt_every=1", "run.val_every=2",
                      "run.log_every=1"])
     assert rc == 0
-    rows = read_csv(out / "log.csv")
-    assert [int(r["step"]) for r in rows] == [1, 2]
+    rows = two_logged_steps(out, ("loss", "rec", "per", "tex", "adv", "d", "samples_per_s"))
     for r in rows:
-        for key in ("loss", "rec", "per", "tex", "adv", "d", "samples_per_s"):
-            assert math.isfinite(float(r[key])), (key, r)
         assert float(r["rec"]) > 0 and float(r["per"]) > 0 and float(r["tex"]) > 0 and r["phase"] == "main"
         assert r["tpl"] == "" and r["lr_lte"] == ""  # no TTSR loss, no LTE learning rate
     vals = read_csv(out / "val.csv")
