@@ -129,8 +129,8 @@ REGISTRY: dict[str, WeightSpec] = {
         format="refsr",
         description="compact TTSR ×4 (32 features, 4+4+2+1 blocks) trained on scikit-image's "
                     "bundled images; ships with the package, works offline (docs/model-card.md)",
-        licence="MIT (this project); trained on scikit-image data (public domain / CC0 / CC BY, "
-                "see docs/model-card.md)",
+        licence="MIT (this project); trained on scikit-image's bundled images (public domain, CC0 "
+                "or no known restrictions; see docs/model-card.md)",
         packaged="data/refsr-compact.safetensors",
     ),
     "ttsr-rec": WeightSpec(
