@@ -94,6 +94,17 @@ def two_logged_steps(out: Path, keys: tuple[str, ...]) -> list[dict]:
     return rows
 
 
+def evaluate_reproduces_last_validation(out: Path, val: Path, last: dict, csv_path: Path) -> dict[str, float]:
+    """evaluate.py on the run's export and best.pt: the export's mean PSNR and bicubic's equal
+    the last row of val.csv. Returns mean PSNR by method."""
+    assert evaluate.main(["--model", str(out / "model.pt"), "--model", str(out / "checkpoints" / "best.pt"),
+                          "--data", str(val), "--csv", str(csv_path)]) == 0
+    means = {r["method"]: float(r["psnr"]) for r in read_csv(csv_path) if r["image"] == "mean"}
+    assert abs(means["model.pt"] - float(last["psnr"])) < 1e-3
+    assert abs(means["bicubic"] - float(last["psnr_bicubic"])) < 1e-3
+    return means
+
+
 def assert_same_state(a, b, where="state"):
     """Recursively equal: tensors bit for bit, everything else by ==."""
     if isinstance(a, torch.Tensor):
@@ -338,12 +349,7 @@ def test_train_every_loss_checkpoint_and_export(tmp_path):
     sr = rs.upscale(model, lr, ref, device="cpu")
     assert sr.shape == (48, 64, 3) and sr.dtype == np.uint8
     # evaluate.py on the validation folder reproduces the PSNR logged for the final model
-    csv_path = tmp_path / "eval.csv"
-    assert evaluate.main(["--model", str(out / "model.pt"), "--model", str(out / "checkpoints" / "best.pt"),
-                          "--data", str(val), "--csv", str(csv_path)]) == 0
-    means = {r["method"]: float(r["psnr"]) for r in read_csv(csv_path) if r["image"] == "mean"}
-    assert abs(means["model.pt"] - float(vals[-1]["psnr"])) < 1e-3
-    assert abs(means["bicubic"] - float(vals[-1]["psnr_bicubic"])) < 1e-3
+    means = evaluate_reproduces_last_validation(out, val, vals[-1], tmp_path / "eval.csv")
     assert any(m.startswith("best.pt (step ") for m in means)
     # --export-from turns a training checkpoint into the same inference file
     assert train.main(["--export-from", str(out / "checkpoints" / "step_00000001.pt"),
@@ -701,12 +707,7 @@ def test_srntt_trains_every_loss_checkpoint_export_and_evaluate(tmp_path, vgg_fi
     assert res.image.shape == (48, 64, 3) and res.image.dtype == np.uint8 and len(np.unique(res.image)) > 50
     assert 0 <= res.confidence.min() and res.confidence.max() <= 1 + 1e-4
     # evaluate.py takes the export and the training checkpoint, and reproduces the logged PSNR
-    csv_path = tmp_path / "eval.csv"
-    assert evaluate.main(["--model", str(out / "model.pt"), "--model", str(out / "checkpoints" / "best.pt"),
-                          "--data", str(val), "--csv", str(csv_path)]) == 0
-    means = {r["method"]: float(r["psnr"]) for r in read_csv(csv_path) if r["image"] == "mean"}
-    assert abs(means["model.pt"] - float(vals[-1]["psnr"])) < 1e-3
-    assert abs(means["bicubic"] - float(vals[-1]["psnr_bicubic"])) < 1e-3
+    means = evaluate_reproduces_last_validation(out, val, vals[-1], tmp_path / "eval.csv")
     assert any(m.startswith("best.pt (step 2)") and abs(v - means["model.pt"]) < 1e-6 for m, v in means.items())
     # --export-from works for SRNTT training checkpoints too
     assert train.main(["--export-from", str(out / "checkpoints" / "step_00000001.pt"),
