@@ -50,3 +50,22 @@ def held_out_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "motorcycle": (left[150:342, 250:442], right[150:342, 200:456]),
         "ihc": (bottom[:168, :192], bottom[:168, 256:512]),
     }
+
+
+def _reference_test_inputs(lr: np.ndarray, ref: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """The reference TTSR's test() inputs, made with PIL as its code does: LR, LR↑ (bicubic ×4),
+    Ref cropped to multiples of 4 and its ↓↑, each uint8 RGB → (1, 3, H, W) in [-1, 1]."""
+    from PIL import Image
+
+    h, w = lr.shape[:2]
+    lr_up = np.array(Image.fromarray(lr).resize((w * 4, h * 4), Image.BICUBIC))
+    rh, rw = ref.shape[0] // 4 * 4, ref.shape[1] // 4 * 4
+    r = ref[:rh, :rw]
+    r_du = np.array(Image.fromarray(r).resize((rw // 4, rh // 4), Image.BICUBIC).resize((rw, rh), Image.BICUBIC))
+    return tuple(torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None] for a in (lr, lr_up, r, r_du))
+
+
+@pytest.fixture(scope="session")
+def reference_test_inputs():
+    """:func:`_reference_test_inputs`, for tests that compare the pipeline with the reference's procedure."""
+    return _reference_test_inputs

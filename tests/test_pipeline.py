@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from skimage import data
 
 import napari_refsr as rs
@@ -24,18 +23,12 @@ def astronaut():
     return data.astronaut()
 
 
-def test_uint8_rgb_equals_reference_procedure(tiny_model, astronaut):
+def test_uint8_rgb_equals_reference_procedure(tiny_model, astronaut, reference_test_inputs):
     """The reference's test(): PIL bicubic LR↑, Ref cropped to ×4 and PIL ↓↑, /127.5-1, round."""
     lr = np.ascontiguousarray(astronaut[::8, ::8][:40, :36])
     ref = astronaut[200:350, 210:371]  # 150×161: cropped to 148×160 inside
-    h, w = lr.shape[:2]
-    lr_up = np.array(Image.fromarray(lr).resize((w * 4, h * 4), Image.BICUBIC))
-    rh, rw = ref.shape[0] // 4 * 4, ref.shape[1] // 4 * 4
-    r = ref[:rh, :rw]
-    r_du = np.array(Image.fromarray(r).resize((rw // 4, rh // 4), Image.BICUBIC).resize((rw, rh), Image.BICUBIC))
-    t = lambda a: torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.no_grad():
-        sr = tiny_model.network(t(lr), t(lr_up), t(r), t(r_du))[0]
+        sr = tiny_model.network(*reference_test_inputs(lr, ref))[0]
     expected = np.round(((sr[0] + 1) * 127.5).permute(1, 2, 0).numpy()).astype(np.uint8)
     out = rs.upscale(tiny_model, lr, ref, tile=256, device="cpu")
     assert out.dtype == np.uint8 and out.shape == (160, 144, 3)

@@ -226,26 +226,20 @@ def test_export_loads_with_load_model(export, tmp_path):
         rs.load_model(wrong, device="cpu", cache=False)
 
 
-def _to_net(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-
-
-def test_pipeline_equals_a_direct_network_call(export):
+def test_pipeline_equals_a_direct_network_call(export, reference_test_inputs):
     """The reference procedure (PIL bicubic LR↑ and Ref↓↑, /127.5 − 1, round) through upscale()."""
     model = rs.load_model(export, device="cpu", cache=False)
     astronaut = data.astronaut()
     lr = np.ascontiguousarray(astronaut[::8, ::8][:24, :20])
     ref = astronaut[200:302, 210:311]  # 102×101: cropped to 100×100 inside
-    lr_up = np.array(Image.fromarray(lr).resize((80, 96), Image.BICUBIC))
-    r = ref[:100, :100]
-    r_du = np.array(Image.fromarray(r).resize((25, 25), Image.BICUBIC).resize((100, 100), Image.BICUBIC))
+    inputs = reference_test_inputs(lr, ref)
     with torch.no_grad():
-        sr = model.network(_to_net(lr), _to_net(lr_up), _to_net(r), _to_net(r_du))[0]
+        sr = model.network(*inputs)[0]
     expected = np.round(((sr[0] + 1) * 127.5).permute(1, 2, 0).numpy()).astype(np.uint8)
     out = rs.upscale(model, lr, ref, tile=256, device="cpu")
     assert out.dtype == np.uint8 and out.shape == (96, 80, 3)
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
-    bilinear = torch.nn.functional.interpolate(_to_net(lr), scale_factor=4, mode="bilinear")
+    bilinear = torch.nn.functional.interpolate(inputs[0], scale_factor=4, mode="bilinear")
     assert (sr - bilinear).abs().mean() > 1e-3  # the texture branch contributes
 
 
