@@ -2,39 +2,50 @@
 
 Steps: validate and normalise the LR image and the references (:mod:`.normalize`); crop each
 reference to a multiple of 4 and make Ref↓↑ with PIL-exact bicubic (:mod:`.resize`); encode the
-reference set once; run the network tile by tile over the LR image (LR↑ made per tile from the
-LR crop plus a margin, identical to resizing the whole image); blend tiles (:mod:`.tiling`);
-map the result back to the input's dtype and channels. On out-of-memory the tile and the search
-budget are halved and the slice is redone.
+reference set once; search the whole LR image once (:func:`search_image`: its level-3 texture
+features made piece by piece with enough margin to equal the whole image's, then the exact
+shift-sum search, :mod:`.shift_search`); run the main network tile by tile over the LR image, each
+tile taking its slice of S, of the index and of the textures transferred from it (LR↑ made per
+tile from the LR crop plus a margin, identical to resizing the whole image); blend tiles
+(:mod:`.tiling`); map the result back to the input's dtype and channels. On out-of-memory the
+search budget (search) or the tile (network) is halved and that part is redone.
+
+So the tiled result is defined as: S and the index of the whole image's features (exactly, not
+per tile), the textures they select, and the network's output blended over overlapping tiles.
+Progress, phases and cancel: :mod:`.progress`.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import search as ts
 from .devices import choose_device, is_out_of_memory, release_memory
-from .errors import Cancelled, RefSRError
+from .errors import RefSRError
 from .model import RefSRModel
 from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore
+from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Tracker
 from .resize import down_up, resize_bicubic
-from .tiling import Blender, plan_tiles
+from .shift_search import count_steps, plan_steps
+from .tiling import Blender, Tile, plan_tiles
 
 DEFAULT_TILE = 128  # LR pixels
 DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles
 MIN_TILE = 32
 MIN_REF = 16  # reference pixels (a 4×4 grid of searchable patches)
 _LR_MARGIN = 3  # LR pixels of context that make a tile's LR↑ equal the whole image's
+FEATURE_MARGIN = 4  # LR pixels of context that make a piece's level-3 features equal the whole image's
+FEATURE_BYTES = 16 * 2**10  # ~peak bytes of the texture extractor per LR pixel (16 LR↑ pixels × 64 ch × 4 maps)
 
-Progress = Callable[[int, int], None]
-Cancel = Callable[[], bool]
-
-__all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "DEFAULT_TILE", "DEFAULT_OVERLAP"]
+__all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "search_image", "plan_pieces",
+           "DEFAULT_TILE", "DEFAULT_OVERLAP"]
 
 
 @dataclass
@@ -57,15 +68,92 @@ def _to_net(pixels: torch.Tensor) -> torch.Tensor:
     return pixels / 127.5 - 1.0
 
 
-class _Engine:
-    """The network on its device with the reference set encoded once; runs LR tiles."""
+def _lr_and_up(lr: Prepared, t: Tile, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """LR crop (1, 3, h, w) and its LR↑ (1, 3, 4h, 4w) in [-1, 1] for region ``t``; LR↑ is made
+    from the crop plus a margin, so it equals the whole image's LR↑ there."""
+    _, H, W = lr.pixels.shape
+    y0, y1 = max(0, t.y0 - _LR_MARGIN), min(H, t.y1 + _LR_MARGIN)
+    x0, x1 = max(0, t.x0 - _LR_MARGIN), min(W, t.x1 + _LR_MARGIN)
+    crop = lr.pixels[:, y0:y1, x0:x1].to(device, torch.float32)
+    up = resize_bicubic(crop, ((y1 - y0) * 4, (x1 - x0) * 4), quantize=lr.quantize)
+    ty, tx = t.y0 - y0, t.x0 - x0
+    th, tw = t.y1 - t.y0, t.x1 - t.x0
+    lr_t = _to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(dtype)
+    up_t = _to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(dtype)
+    return lr_t, up_t
 
-    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half, budget: int):
+
+def _grow(t: Tile, by: int, height: int, width: int) -> Tile:
+    return Tile(max(0, t.y0 - by), min(height, t.y1 + by), max(0, t.x0 - by), min(width, t.x1 + by))
+
+
+def plan_pieces(height: int, width: int, budget_bytes: int) -> list[Tile]:
+    """Non-overlapping pieces of an LR image whose texture features fit ``budget_bytes`` (with
+    their margins): full-width bands where at least 32 rows fit, square pieces otherwise."""
+    pixels = max(1, budget_bytes // FEATURE_BYTES)
+    if width * 32 <= pixels:
+        rows = max(1, pixels // width - 2 * FEATURE_MARGIN)
+        return [Tile(y, min(height, y + rows), 0, width) for y in range(0, height, rows)]
+    side = max(8, math.isqrt(pixels) - 2 * FEATURE_MARGIN)
+    return [Tile(y, min(height, y + side), x, min(width, x + side))
+            for y in range(0, height, side) for x in range(0, width, side)]
+
+
+def _piece_query(net, lr: Prepared, piece: Tile, device, dtype) -> torch.Tensor:
+    """Level-3 features of ``piece`` with their 1-pixel ring (C, h+2, w+2): computed on the piece
+    plus ``FEATURE_MARGIN`` pixels of context, so they equal the whole image's; zeros outside the
+    image (the search's own padding)."""
+    _, H, W = lr.pixels.shape
+    ctx = _grow(piece, FEATURE_MARGIN, H, W)
+    _, up = _lr_and_up(lr, ctx, device, dtype)
+    feats = net.extract(up)[2][0]
+    ring = _grow(piece, 1, H, W)
+    q = feats[:, ring.y0 - ctx.y0 : ring.y1 - ctx.y0, ring.x0 - ctx.x0 : ring.x1 - ctx.x0]
+    missing = (1 - (piece.x0 - ring.x0), 1 - (ring.x1 - piece.x1), 1 - (piece.y0 - ring.y0), 1 - (ring.y1 - piece.y1))
+    return F.pad(q, missing)  # the ring's part outside the image: zeros
+
+
+def _search_plan(lr: Prepared, bank, budget: int, device) -> tuple[list[Tile], int]:
+    """The pieces :func:`search_image` searches and its number of progress steps."""
+    pieces = plan_pieces(*lr.pixels.shape[1:], budget)
+    shapes = bank.shapes
+    steps = 0
+    for p in pieces:
+        shape = (p.y1 - p.y0, p.x1 - p.x0)
+        steps += count_steps(shape, shapes, plan_steps(shape, shapes, budget_bytes=budget, device=device))
+    return pieces, steps
+
+
+def search_image(model: RefSRModel, lr: Prepared, bank, *, budget_bytes: int = ts.DEFAULT_BUDGET,
+                 tracker: Tracker | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """S (H, W) float32 and the global hard-attention index (H, W) int64 of a whole prepared LR
+    image against an encoded reference ``bank``, searched once, piece by piece: the same values
+    as searching the whole image's level-3 features at once. ``tracker`` (if given) counts the
+    search steps (planned beforehand with :func:`_search_plan`) and polls its cancel between them."""
+    net, dev = model.network, model.device
+    dtype = torch.float16 if model.half else torch.float32
+    product = torch.float16 if model.half else None  # float32 products unless the model runs in half
+    _, H, W = lr.pixels.shape
+    s_all = torch.empty(H, W, dtype=torch.float32, device=dev)
+    idx_all = torch.empty(H, W, dtype=torch.long, device=dev)
+    for piece in plan_pieces(H, W, budget_bytes):
+        with torch.inference_mode():
+            q = _piece_query(net, lr, piece, dev, dtype)
+            extra = tracker.search_callbacks() if tracker is not None else {}
+            s, idx = net.attend(q, bank, budget_bytes=budget_bytes, product_dtype=product, **extra)
+        s_all[piece.y0 : piece.y1, piece.x0 : piece.x1] = s.float()
+        idx_all[piece.y0 : piece.y1, piece.x0 : piece.x1] = idx
+    return s_all, idx_all
+
+
+class _Engine:
+    """The network on its device with the reference set encoded once; searches images, runs tiles."""
+
+    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half):
         self.model = model.to(device if device is not None else model.device, half)
         self.device = self.model.device
         self.dtype = torch.float16 if self.model.half else torch.float32
         self.net = self.model.network
-        self.net.search_budget = budget
         ref_t, ref_du = [], []
         self.ref_shapes = []
         for p in refs:
@@ -77,21 +165,24 @@ class _Engine:
         with torch.inference_mode():
             self.bank = self.net.encode_references(ref_t, ref_du)[0]
 
-    def run(self, lr: Prepared, tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """SR (3, 4h, 4w), S (h, w) and index (h, w) for one tile of the LR image."""
+    def run(self, lr: Prepared, tile: Tile, s_all: torch.Tensor, idx_all: torch.Tensor) -> np.ndarray:
+        """SR (3, 4h, 4w) of one tile, from its slice of the whole image's S and index (the
+        textures are transferred from the index with a 1-pixel ring, so they equal the whole
+        image's textures on the tile)."""
         _, H, W = lr.pixels.shape
-        y0, y1 = max(0, tile.y0 - _LR_MARGIN), min(H, tile.y1 + _LR_MARGIN)
-        x0, x1 = max(0, tile.x0 - _LR_MARGIN), min(W, tile.x1 + _LR_MARGIN)
-        crop = lr.pixels[:, y0:y1, x0:x1].to(self.device, torch.float32)
-        up = resize_bicubic(crop, ((y1 - y0) * 4, (x1 - x0) * 4), quantize=lr.quantize)
-        ty, tx = tile.y0 - y0, tile.x0 - x0
-        th, tw = tile.y1 - tile.y0, tile.x1 - tile.x0
-        lr_t = _to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(self.dtype)
-        up_t = _to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(self.dtype)
+        lr_t, up_t = _lr_and_up(lr, tile, self.device, self.dtype)
+        ring = _grow(tile, 1, H, W)
+        sl = (slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
         with torch.inference_mode():
-            out = self.net.forward_bank(lr_t, up_t, [self.bank])
-        return (out[0][0].float().cpu().numpy(), out.S[0, 0].float().cpu().numpy(),
-                out.index[0].cpu().numpy())
+            textures = self.net.textures(idx_all[ring.y0 : ring.y1, ring.x0 : ring.x1], self.bank)
+            oy, ox = tile.y0 - ring.y0, tile.x0 - ring.x0
+            th, tw = tile.y1 - tile.y0, tile.x1 - tile.x0
+            cut = []
+            for t, scale in zip(textures, (1, 2, 4)):
+                cut.append(t[None, :, oy * scale : (oy + th) * scale, ox * scale : (ox + tw) * scale])
+            s_t = s_all[sl][None, None].to(self.dtype)
+            out = self.net.decode(lr_t, up_t, s_t, *cut)
+        return out[0].float().cpu().numpy()
 
 
 def _prepare_refs(refs, lr: Prepared, percentiles, value_range) -> list[Prepared]:
@@ -110,19 +201,6 @@ def _prepare_refs(refs, lr: Prepared, percentiles, value_range) -> list[Prepared
     return out
 
 
-def _run_slice(engine: _Engine, lr: Prepared, tile: int, overlap: int, step: Callable[[], None]):
-    h, w = lr.pixels.shape[1:]
-    tiles = plan_tiles(h, w, tile, overlap)
-    blend = Blender(h, w, overlap)
-    for t in tiles:
-        sr, s, index = engine.run(lr, t)
-        blend.add(t, "sr", np.moveaxis(sr, 0, -1), scale=4)
-        blend.add(t, "S", s)
-        blend.add_discrete(t, "index", index)
-        step()
-    return np.moveaxis(blend.result("sr"), -1, 0), blend.result("S"), blend.result("index")
-
-
 def _source_map(index: np.ndarray, shapes) -> np.ndarray:
     """Hard-attention indices → (H, W, 3): reference number, and the centre of the matched 4×4
     block in reference pixels (row, column)."""
@@ -134,49 +212,65 @@ def _source_map(index: np.ndarray, shapes) -> np.ndarray:
 class _Runner:
     """Runs slices with a shared engine, progress, cancel and out-of-memory retries."""
 
-    def __init__(self, model, refs, *, tile, overlap, device, half, budget, progress, cancel, total_slices):
+    def __init__(self, model, refs, *, tile, overlap, device, half, budget, tracker: Tracker, total_slices):
         if tile < MIN_TILE:
             raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
         self.args = (model, refs, device, half)
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(budget)
-        self.progress, self.cancel = progress, cancel
+        self.tracker = tracker
         self.total_slices = total_slices
         self.slices_done = 0
-        self.done = self.total = 0  # tiles, over all slices (the total grows if a retry re-plans)
         self.engine = None
 
-    def _engine(self) -> _Engine:
-        if self.engine is None:
-            model, refs, device, half = self.args
-            try:
-                self.engine = _Engine(model, refs, device, half, self.budget)
-            except Exception as err:  # noqa: BLE001 - re-raised with advice
-                if is_out_of_memory(err):
-                    raise RefSRError("out of memory while encoding the reference images; use smaller "
-                                     "references, fewer of them, or device 'cpu'") from err
-                raise
+    def _search_steps(self, lr: Prepared) -> int:
+        return _search_plan(lr, self.engine.bank, self.budget, self.engine.device)[1]
+
+    def _tile_steps(self, lr: Prepared) -> int:
+        return len(plan_tiles(*lr.pixels.shape[1:], self.tile, self.overlap))
+
+    def _start(self, lr: Prepared) -> _Engine:
+        """Encode the references (one step) and plan every slice's steps (all slices are alike)."""
+        model, refs, device, half = self.args
+        self.tracker.add(1)
+        self.tracker.start(ENCODING, 1)
+        try:
+            self.engine = _Engine(model, refs, device, half)
+        except Exception as err:  # noqa: BLE001 - re-raised with advice
+            if is_out_of_memory(err):
+                raise RefSRError("out of memory while encoding the reference images; use smaller "
+                                 "references, fewer of them, or device 'cpu'") from err
+            raise
+        self.tracker.add(self.total_slices * (self._search_steps(lr) + self._tile_steps(lr)))
+        self.tracker.step()
         return self.engine
 
-    def _step(self) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("cancelled")
-
-    def slice(self, lr: Prepared):
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("cancelled")
-        engine = self._engine()
-        h, w = lr.pixels.shape[1:]
+    def _search(self, engine: _Engine, lr: Prepared):
+        self.tracker.start(SEARCHING, self._search_steps(lr))
         while True:
-            per_slice = len(plan_tiles(h, w, self.tile, self.overlap))
-            start = self.done
-            self.total = self.done + per_slice * (self.total_slices - self.slices_done)
             try:
-                result = _run_slice(engine, lr, self.tile, self.overlap, self._step)
-                self.slices_done += 1
-                return result
+                return search_image(engine.model, lr, engine.bank, budget_bytes=self.budget, tracker=self.tracker)
+            except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
+                if not is_out_of_memory(err):
+                    raise
+                if self.budget <= 16 * 2**20:
+                    raise RefSRError(f"out of memory in the texture search on {engine.device}; use device "
+                                     "'cpu', smaller references or a smaller image") from err
+                release_memory(engine.device)
+                self.budget = max(16 * 2**20, self.budget // 2)
+                self._replan(SEARCHING, self._search_steps(lr))
+
+    def _tiles(self, engine: _Engine, lr: Prepared, s_all, idx_all) -> np.ndarray:
+        h, w = lr.pixels.shape[1:]
+        self.tracker.start(TILES, self._tile_steps(lr))
+        while True:
+            blend = Blender(h, w, self.overlap)
+            try:
+                with self.tracker.cancel_inside(engine.net):
+                    for t in plan_tiles(h, w, self.tile, self.overlap):
+                        sr = engine.run(lr, t, s_all, idx_all)
+                        blend.add(t, "sr", np.moveaxis(sr, 0, -1), scale=4)
+                        self.tracker.step()
+                return np.moveaxis(blend.result("sr"), -1, 0)
             except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
                 if not is_out_of_memory(err):
                     raise
@@ -185,9 +279,20 @@ class _Runner:
                                      "use device 'cpu' or a smaller image") from err
                 release_memory(engine.device)
                 self.tile = max(MIN_TILE, self.tile // 2)
-                self.budget = max(16 * 2**20, self.budget // 2)
-                engine.net.search_budget = self.budget
-                self.done = start  # the slice is redone with smaller tiles
+                self._replan(TILES, self._tile_steps(lr))  # the slice's tiles are redone, smaller
+
+    def _replan(self, name: str, steps: int) -> None:
+        self.tracker.replan(steps, repeats=self.total_slices - self.slices_done)
+        self.tracker.start(name, steps)
+
+    def slice(self, lr: Prepared):
+        """(SR (3, 4H, 4W), S (H, W), index (H, W)) of one 2D slice."""
+        self.tracker.check()
+        engine = self.engine or self._start(lr)
+        s_all, idx_all = self._search(engine, lr)
+        sr = self._tiles(engine, lr, s_all, idx_all)
+        self.slices_done += 1
+        return sr, s_all.cpu().numpy(), idx_all.cpu().numpy()
 
 
 def upscale_nd(
@@ -206,12 +311,14 @@ def upscale_nd(
     search_budget: int = ts.DEFAULT_BUDGET,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    phase: Phase | None = None,
 ) -> UpscaleResult:
     """Upscale every 2D slice of ``data`` (Y, X = ``spatial_axes``; channels on ``channel_axis``)
     against one reference set. Other axes (Z, T, …) are looped over and kept.
 
     For non-uint8 data one intensity window (percentiles of the whole array) serves every slice,
     so a stack stays consistent. ``device=None`` keeps the model where it is; "auto" picks one.
+    ``progress(done, total)``, ``cancel()`` and ``phase(name, done, total)``: see :mod:`.progress`.
     """
     arr = np.asarray(data)
     if arr.ndim < 2:
@@ -236,13 +343,14 @@ def upscale_nd(
         device = choose_device(device)
     n_slices = int(np.prod(loop_shape)) if loop_shape else 1
     runner = None
+    tracker = Tracker(progress, cancel, phase)
     images, confs, sources = [], [], []
     for idx in itertools.product(*(range(n) for n in loop_shape)):
         lr = prepare(moved[idx], "image", percentiles=percentiles, value_range=value_range)
         if runner is None:
             prepared_refs = _prepare_refs(refs, lr, percentiles, user_range)
             runner = _Runner(model, prepared_refs, tile=tile, overlap=overlap, device=device, half=half,
-                             budget=search_budget, progress=progress, cancel=cancel, total_slices=n_slices)
+                             budget=search_budget, tracker=tracker, total_slices=n_slices)
         sr, s, index = runner.slice(lr)
         images.append(restore(sr, lr))
         confs.append(resize_bicubic(torch.from_numpy(s.astype(np.float32)), (s.shape[0] * 4, s.shape[1] * 4)).numpy())

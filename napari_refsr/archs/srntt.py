@@ -178,10 +178,21 @@ class SRNTT(nn.Module):
         score, index = ts.search(query, bank.keys, normalize_query=False, budget_bytes=self.search_budget)
         # float32: the squared patch energies of relu3_1 overflow float16
         s = (score.float() / _patch_norms(query.float()).clamp_min(ts.EPS)).to(query.dtype)
-        m3 = ts.transfer(index, bank.lv3, 1, average_overlaps=True)
-        m2 = ts.transfer(index, bank.lv2, 2, average_overlaps=True)
-        m1 = ts.transfer(index, bank.lv1, 4, average_overlaps=True)
-        return s[None], m3, m2, m1, index
+        return (s[None], *self.textures(index, bank), index)
+
+    def attend(self, query_padded: torch.Tensor, bank: ReferenceBank, **search_options):
+        """(S, index) (H, W) for a relu3_1 query map (C, H+2, W+2) with its 1-pixel ring: the same
+        j* and S as :meth:`swap` (S = best score / ‖query patch‖, the cosine)."""
+        return ts.search_padded(query_padded, bank.keys, normalize_query=True, **search_options)
+
+    def textures(self, index: torch.Tensor, bank: ReferenceBank):
+        """Swapped maps (M_lv3, M_lv2, M_lv1) for indices (H, W), overlaps averaged."""
+        return tuple(ts.transfer(index, values, scale, average_overlaps=True)
+                     for values, scale in ((bank.lv3, 1), (bank.lv2, 2), (bank.lv1, 4)))
+
+    def decode(self, lr: torch.Tensor, lr_up: torch.Tensor, S: torch.Tensor, m3, m2, m1) -> torch.Tensor:
+        """SR image from the LR batch, S (N, 1, H, W) and the swapped maps (LR↑ is not used)."""
+        return self.synthesize(lr, S, m3, m2, m1)
 
     def synthesize(self, lr: torch.Tensor, S: torch.Tensor, m3: torch.Tensor, m2: torch.Tensor,
                    m1: torch.Tensor) -> torch.Tensor:

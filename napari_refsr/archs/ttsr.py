@@ -355,10 +355,20 @@ class TTSR(nn.Module):
         else:
             s, index = ts.search(query, bank.keys, normalize_query=self.normalize_query,
                                  budget_bytes=self.search_budget)
-        t3 = ts.transfer(index, bank.lv3, 1)
-        t2 = ts.transfer(index, bank.lv2, 2)
-        t1 = ts.transfer(index, bank.lv1, 4)
-        return s[None], t3, t2, t1, index
+        return (s[None], *self.textures(index, bank), index)
+
+    def attend(self, query_padded: torch.Tensor, bank: ReferenceBank, **search_options):
+        """(S, index) (H, W) for a level-3 query map (C, H+2, W+2) that carries its 1-pixel ring:
+        S is the cosine of the best reference patch (``search.search_padded`` options pass on)."""
+        return ts.search_padded(query_padded, bank.keys, normalize_query=True, **search_options)
+
+    def textures(self, index: torch.Tensor, bank: ReferenceBank):
+        """Transferred textures (T_lv3, T_lv2, T_lv1) for hard-attention indices (H, W)."""
+        return ts.transfer(index, bank.lv3, 1), ts.transfer(index, bank.lv2, 2), ts.transfer(index, bank.lv1, 4)
+
+    def decode(self, lr: torch.Tensor, lr_up: torch.Tensor, S: torch.Tensor, t3, t2, t1) -> torch.Tensor:
+        """SR image (N, 3, 4H, 4W) from the LR batch, S (N, 1, H, W) and the textures (the MainNet)."""
+        return self.MainNet(lr, S, t3, t2, t1, lr_up if self.config.global_skip else None)
 
     def forward_bank(self, lr: torch.Tensor, lr_up: torch.Tensor, banks: Sequence[ReferenceBank]) -> TTSROutput:
         """SR for a batch whose references were encoded with :meth:`encode_references`."""
@@ -367,8 +377,7 @@ class TTSR(nn.Module):
             banks = list(banks) * lr.shape[0]
         parts = [self.search_transfer(query[b], banks[b]) for b in range(lr.shape[0])]
         s, t3, t2, t1, index = (torch.stack(p) for p in zip(*parts))
-        sr = self.MainNet(lr, s, t3, t2, t1, lr_up if self.config.global_skip else None)
-        return TTSROutput(sr, s, t3, t2, t1, index)
+        return TTSROutput(self.decode(lr, lr_up, s, t3, t2, t1), s, t3, t2, t1, index)
 
     def forward(self, lr, lr_up, ref, ref_down_up) -> TTSROutput:
         """The reference's call: four NCHW tensors in [-1, 1] (LR, LR↑, Ref, Ref↓↑).
