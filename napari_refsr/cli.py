@@ -26,13 +26,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
-from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
+from . import __version__
+from .defaults import DEFAULT_MODEL, DEFAULT_TILE
 from .errors import Cancelled, RefSRError
-from .normalize import check_image
+
+if TYPE_CHECKING:  # the parser stays free of heavy imports: torch, numpy and the core load per command
+    import numpy as np
 
 PROG = "refsr"
 SCALE = 4
@@ -111,12 +112,16 @@ def _layout(meta: dict, ndim: int) -> tuple[tuple[int, int], int | None, str]:
 
 def _check_slices(array: np.ndarray, has_channels: bool, what: str) -> None:
     """The core's image check on every 2D slice, naming the file (before any long work starts)."""
+    from .normalize import check_image
+
     plane = array.shape[-3:] if has_channels else array.shape[-2:]
     for image in array.reshape((-1,) + plane):
         check_image(image, what)
 
 
 def _read_reference(path: str) -> np.ndarray:
+    from . import imageio
+
     ref, meta = imageio.read_image_with_meta(path)
     if meta.get("is_stack"):
         raise RefSRError(f"reference {path} is a stack of shape {ref.shape}; a reference must be one 2D image "
@@ -126,51 +131,88 @@ def _read_reference(path: str) -> np.ndarray:
 
 
 def _is_tiff(path: str) -> bool:
+    from . import imageio
+
     return imageio.SUFFIXES.get(Path(path).suffix.lower()) == "tiff"
 
 
 def _confidence_for(path: str, conf: np.ndarray) -> np.ndarray:
     """float32 for TIFF; 8-bit (S in [0, 1] → 0..255) for PNG/JPEG, which cannot hold floats."""
+    import numpy as np
+
     if _is_tiff(path):
         return conf.astype(np.float32)
     return np.round(np.clip(conf, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 class _Progress:
-    """A tqdm bar on stderr fed by the core's progress(done, total) callback."""
+    """What a long run is doing, on a terminal's stderr: a transient status line for the steps
+    without a count (reading, loading the model) and a tqdm bar per phase of the core
+    (``phase(name, done, total)``, :mod:`.progress`), each made when its phase starts, so its rate
+    and elapsed time are real from the first line. Nothing is left behind, so an error stays the
+    only line."""
 
-    def __init__(self, enabled: bool):
+    UNITS = {"running tiles": "tile"}
+
+    def __init__(self, enabled: bool, slices: int = 1):
+        self.enabled, self.slices = enabled, slices
+        self.slice = 0
         self.bar = None
-        self.enabled = enabled
+        self.name = None
+        self.status = False
 
-    def __call__(self, done: int, total: int) -> None:
+    def say(self, text: str) -> None:
+        if self.enabled:
+            self.close()
+            sys.stderr.write(f"\r\x1b[K{PROG}: {text}…")
+            sys.stderr.flush()
+            self.status = True
+
+    def __call__(self, name: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        if self.bar is None:
+        if name != self.name:
+            self.close()
+            self.name = name
+            if name == "searching":  # each slice of a stack is searched, then its tiles run
+                self.slice += 1
+            where = f" (slice {self.slice} of {self.slices})" if self.slices > 1 and self.slice else ""
             from tqdm import tqdm
 
             try:  # a terminal that reports no size (some CI ptys) would get an empty bar
                 ncols = os.get_terminal_size(sys.stderr.fileno()).columns or 80
             except (OSError, ValueError, AttributeError):
                 ncols = 80
-            self.bar = tqdm(total=total, unit="tile", file=sys.stderr, desc=PROG, leave=False, ncols=ncols)
+            self.bar = tqdm(total=total, unit=self.UNITS.get(name, "step"), file=sys.stderr,
+                            desc=f"{PROG}: {name}{where}", leave=False, ncols=ncols, mininterval=0.2)
         if self.bar.total != total:
             self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.status:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.status = False
+        self.name = None
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    show_bar = not args.quiet and sys.stderr.isatty()
+    import numpy as np
+
+    from . import imageio
+
+    report = _Progress(enabled=not args.quiet and sys.stderr.isatty())
+    report.say(f"reading {args.lr}")
     lr, meta = imageio.read_image_with_meta(args.lr)
     spatial, channel_axis, axes = _layout(meta, lr.ndim)
     _check_slices(lr, channel_axis is not None, f"image {args.lr}")
     refs = [_read_reference(p) for p in args.refs]
+    report.close()
+    report.slices = int(np.prod([n for i, n in enumerate(lr.shape) if i not in spatial and i != channel_axis]))
 
     # Check every output before the long work: a bad name fails now, not after minutes.
     out_shape = list(lr.shape)
@@ -189,13 +231,16 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     if args.source:
         imageio.check_writable(args.source, lr_plain_shape + (3,), np.int32, meta=src_meta)
 
+    report.say(f"loading model {args.model}")
+    from .model import load_model
+    from .pipeline import upscale_nd
+
     model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
-    bar = _Progress(show_bar)
     try:
         result = upscale_nd(model, lr, refs, spatial_axes=spatial, channel_axis=channel_axis,
-                            tile=args.tile, device=args.device, progress=bar)
+                            tile=args.tile, device=args.device, phase=report)
     finally:
-        bar.close()
+        report.close()
 
     outputs = [(args.output, result.image, out_meta)]
     if args.confidence:
@@ -220,6 +265,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_list(args: argparse.Namespace) -> int:
+    from . import weights
+
     rows = weights.list_weights()
     width = max((len(r["name"]) for r in rows), default=4)
     for r in rows:
@@ -230,6 +277,8 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from . import weights
+
     path = weights.fetch(args.name, progress=not args.quiet and sys.stderr.isatty())
     print(path)
     return EXIT_OK

@@ -16,12 +16,12 @@ import torch
 from . import weights
 from .archs.srntt import SRNTT, SRNTTConfig
 from .archs.ttsr import TTSR, TTSRConfig
+from .defaults import DEFAULT_MODEL
 from .devices import choose_device
 from .errors import RefSRError, WeightsError
 
 __all__ = ["RefSRModel", "load_model", "build_network", "ARCHITECTURES", "DEFAULT_MODEL"]
 
-DEFAULT_MODEL = "refsr-compact"  # shipped in the package: works offline (docs/model-card.md)
 
 # arch name → (config class, network class); every network offers encode_references/forward_bank
 ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import search as ts
+from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE
 from .devices import choose_device, is_out_of_memory, release_memory
 from .errors import RefSRError
 from .model import RefSRModel
@@ -36,9 +37,6 @@ from .resize import down_up, resize_bicubic
 from .shift_search import count_steps, plan_steps
 from .tiling import Blender, Tile, plan_tiles
 
-DEFAULT_TILE = 128  # LR pixels
-DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles
-MIN_TILE = 32
 MIN_REF = 16  # reference pixels (a 4×4 grid of searchable patches)
 _LR_MARGIN = 3  # LR pixels of context that make a tile's LR↑ equal the whole image's
 FEATURE_MARGIN = 4  # LR pixels of context that make a piece's level-3 features equal the whole image's

@@ -150,7 +150,8 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert widget.running
     _wait_idle(qtbot, widget)
     assert errors == []
-    assert widget.progress.value == widget.progress.max == 3  # one 24×24 tile per slice
+    # the whole job's steps: encoding the reference, then per slice one search step and one tile
+    assert widget.progress.value == widget.progress.max == 1 + 3 * 2
 
     out = viewer.layers["stack ×4 (RefSR)"]
     assert out.data.shape == (3, 96, 96) and out.data.dtype == np.uint16
@@ -198,13 +199,13 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     widget = _widget_for(viewer)
     _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
 
-    # Hold the worker right after its first tile until Cancel has been clicked (no race).
+    # Hold the worker right after the first slice's tile until Cancel has been clicked (no race).
     first_tile, go, seen = threading.Event(), threading.Event(), []
 
-    def in_worker(done, total, _message):
+    def in_worker(done, total, message):
         if total:
-            seen.append((done, total))
-            if done == 1:
+            seen.append((done, total, message))
+            if message == "running tiles: 1 of 1":
                 first_tile.set()
                 go.wait(30)
 
@@ -217,7 +218,10 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     go.set()
     _wait_idle(qtbot, widget)
 
-    assert seen == [(1, 4)]  # stopped after the first of four slices
+    # stopped after the first of four slices: encoding, its search step and its tile (of 1 + 4 × 2)
+    assert seen[-1] == (3, 9, "running tiles: 1 of 1")
+    assert [m for *_, m in seen] == ["encoding references: 1 of 1", "searching: 0 of 1", "searching: 1 of 1",
+                                     "running tiles: 0 of 1", "running tiles: 1 of 1"]
     assert len(viewer.layers) == n_before and errors == []
     assert widget.status.value == "cancelled"
     assert widget.run_button.enabled and not widget.cancel_button.enabled
