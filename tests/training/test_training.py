@@ -38,7 +38,7 @@ from training.data import (CUFEDTrainSet, Degradation, FolderTrainSet, _split_cr
                            eval_items, list_images)
 from training.losses import Discriminator, TextureLoss, VGG19Features, WGANGP, gram_matrix, reconstruction_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_PY = REPO / "training" / "train.py"
 TINY = ["model.n_feats=8", "model.num_res_blocks=[1,1,1,1]", "model.vgg_weights=null", "data.crop=32",
         "data.min_ref=16", "data.workers=0", "train.batch=2", "train.threads=1", "run.progress=false"]

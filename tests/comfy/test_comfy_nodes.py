@@ -1,4 +1,4 @@
-"""The ComfyUI node pack against a stand-in of the ComfyUI modules it calls (tests/comfy_standin).
+"""The ComfyUI node pack against a stand-in of the ComfyUI modules it calls (tests/comfy/comfy_standin).
 
 Real parts everywhere else: a tiny TTSR checkpoint saved into the stand-in's models/refsr, the real
 core, a real HTTP server on 127.0.0.1 for the download path. The run in a real ComfyUI server is
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).resolve().parent / "comfy_standin"
 for _p in (str(ROOT), str(STANDIN)):
     if _p not in sys.path:
