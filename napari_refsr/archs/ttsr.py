@@ -1,8 +1,9 @@
 """TTSR: Texture Transformer Network for Image Super-Resolution (Yang et al., CVPR 2020).
 
-One file for the whole network, written to match the published model exactly: module and
-parameter names follow the reference implementation, so its checkpoints (``MainNet.*`` and
-``LTE.*`` keys) load strictly. Scale is fixed at ×4; inputs and output are in [-1, 1].
+The network, written to match the published model exactly: module and parameter names follow
+the reference implementation, so its checkpoints (``MainNet.*`` and ``LTE.*`` keys) load
+strictly (other formats: :mod:`.ttsr_convert`). Scale is fixed at ×4; inputs and output are in
+[-1, 1]; the shared interface is :class:`~napari_refsr.archs.base.RefSRNetwork`.
 
 Pieces:
 * :class:`~napari_refsr.archs.vgg.LTE` — learnable texture extractor: VGG19 up to relu3_1 with

@@ -9,6 +9,8 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from ..errors import RefSRError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -93,8 +95,6 @@ class VGG19Features(nn.Module):
 
     def __init__(self, state: Mapping[str, torch.Tensor] | None = None):
         super().__init__()
-        from ..errors import RefSRError
-
         if state is not None:
             missing = [k for k in self.weight_names() if k not in state]
             if missing:
