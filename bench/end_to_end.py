@@ -10,7 +10,8 @@ Cases (the fast-search issue's):
   reference and network.
 
 Each run is a fresh ``python -m napari_refsr upscale ...`` process with ``--device cpu``; its wall
-time and peak RSS (``/usr/bin/time -v``'s maximum resident set size) are reported. Inputs are made
+time, CPU time (user + system: on a machine shared with other jobs the steadier measure) and peak
+RSS (``/usr/bin/time -v``'s maximum resident set size) are reported. Inputs are made
 from scikit-image's astronaut (resized with PIL), so nothing is downloaded. ``--old PATH`` is a
 checkout of the older code (e.g. ``git worktree add /tmp/main-old <commit>``); a run that passes
 ``--time-limit`` seconds is stopped and reported as such. Prints a markdown table.
@@ -72,7 +73,8 @@ def run_case(tree: Path, lr: Path, ref: Path, model: str, out: Path, limit: floa
         return {"seconds": time.perf_counter() - t0, "timeout": True}
     seconds = time.perf_counter() - t0
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    result = {"seconds": seconds, "rss": int(rss.group(1)) * 1024 if rss else None}
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
+    result = {"seconds": seconds, "cpu": cpu, "rss": int(rss.group(1)) * 1024 if rss else None}
     if proc.returncode:
         result["error"] = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()][-1:] or ["failed"]
     return result
@@ -85,7 +87,7 @@ def cell(r: dict | None) -> str:
         return f"stopped after {r['seconds']:.0f} s"
     if "error" in r:
         return "error: " + r["error"][0][:60]
-    return f"{r['seconds']:.1f} s, {r['rss'] / 2**30:.2f} GB"
+    return f"{r['seconds']:.0f} s ({r['cpu']:.0f} CPU-s), {r['rss'] / 2**30:.2f} GB"
 
 
 def main(argv=None) -> None:
@@ -102,7 +104,7 @@ def main(argv=None) -> None:
         inputs = make_inputs(folder)
         load = os.getloadavg()[0]
         print(f"{os.cpu_count()} CPUs, load average {load:.1f} at the start; old = {args.old}, new = {ROOT}\n")
-        print("| case | LR | reference | model | old: time, peak RSS | new: time, peak RSS | speed-up |")
+        print("| case | LR | reference | model | old: wall (CPU), peak RSS | new: wall (CPU), peak RSS | speed-up |")
         print("|---|---|---|---|---|---|---|")
         for case in cases:
             lr, ref, model = inputs[case]
@@ -112,7 +114,10 @@ def main(argv=None) -> None:
                 old = run_case(args.old, lr, ref, model, folder / f"old-{case}.png", args.time_limit)
             speed = "–"
             if old and new and "error" not in new and "error" not in old and not new.get("timeout"):
-                speed = (">" if old.get("timeout") else "") + f"{old['seconds'] / new['seconds']:.1f}×"
+                if old.get("timeout"):
+                    speed = f">{old['seconds'] / new['seconds']:.1f}× (wall)"
+                else:
+                    speed = f"{old['seconds'] / new['seconds']:.1f}× wall, {old['cpu'] / new['cpu']:.1f}× CPU"
             from PIL import Image
 
             size = lambda f: "×".join(map(str, Image.open(f).size[::-1]))  # noqa: E731

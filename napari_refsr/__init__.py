@@ -7,19 +7,20 @@ and training use it without a GUI stack. The names below are imported on first u
 
 from importlib import import_module
 
-from .defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
+from .defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE
 from .errors import Cancelled, RefSRError, WeightsError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RefSRModel": "model", "build_network": "model", "load_model": "model",
+    "RefSRModel": "model", "load_model": "model", "build_network": "archs.registry",
     "UpscaleResult": "pipeline", "upscale": "pipeline", "upscale_detailed": "pipeline", "upscale_nd": "pipeline",
 }
 
 __all__ = [
     "Cancelled", "RefSRError", "WeightsError", "DEFAULT_MODEL", "RefSRModel", "build_network", "load_model",
-    "DEFAULT_OVERLAP", "DEFAULT_TILE", "UpscaleResult", "upscale", "upscale_detailed", "upscale_nd",
+    "DEFAULT_OVERLAP", "DEFAULT_TILE", "MIN_TILE", "DEFAULT_SEARCH_BUDGET", "UpscaleResult", "upscale",
+    "upscale_detailed", "upscale_nd",
 ]
 
 

@@ -5,3 +5,4 @@ DEFAULT_MODEL = "refsr-compact"  # shipped in the package: works offline (docs/m
 DEFAULT_TILE = 128  # LR pixels
 DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles
 MIN_TILE = 32
+DEFAULT_SEARCH_BUDGET = 256 * 2**20  # bytes of scratch memory one texture search may use

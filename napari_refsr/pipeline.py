@@ -26,14 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import search as ts
-from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE
+from .defaults import DEFAULT_OVERLAP, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE
 from .devices import choose_device, is_out_of_memory, release_memory
 from .errors import RefSRError
 from .model import RefSRModel
-from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore
+from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore, to_net
 from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Tracker
 from .resize import down_up, resize_bicubic
+from .search import decode_index
 from .shift_search import count_steps, plan_steps
 from .tiling import Blender, Tile, plan_tiles
 
@@ -43,7 +43,7 @@ FEATURE_MARGIN = 4  # LR pixels of context that make a piece's level-3 features 
 FEATURE_BYTES = 16 * 2**10  # ~peak bytes of the texture extractor per LR pixel (16 LR↑ pixels × 64 ch × 4 maps)
 
 __all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "search_image", "plan_pieces",
-           "DEFAULT_TILE", "DEFAULT_OVERLAP"]
+           "DEFAULT_TILE", "DEFAULT_OVERLAP", "MIN_TILE"]
 
 
 @dataclass
@@ -62,10 +62,6 @@ def _as_list(ref) -> list:
     return [ref]
 
 
-def _to_net(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels / 127.5 - 1.0
-
-
 def _lr_and_up(lr: Prepared, t: Tile, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """LR crop (1, 3, h, w) and its LR↑ (1, 3, 4h, 4w) in [-1, 1] for region ``t``; LR↑ is made
     from the crop plus a margin, so it equals the whole image's LR↑ there."""
@@ -76,8 +72,8 @@ def _lr_and_up(lr: Prepared, t: Tile, device, dtype) -> tuple[torch.Tensor, torc
     up = resize_bicubic(crop, ((y1 - y0) * 4, (x1 - x0) * 4), quantize=lr.quantize)
     ty, tx = t.y0 - y0, t.x0 - x0
     th, tw = t.y1 - t.y0, t.x1 - t.x0
-    lr_t = _to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(dtype)
-    up_t = _to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(dtype)
+    lr_t = to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(dtype)
+    up_t = to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(dtype)
     return lr_t, up_t
 
 
@@ -122,7 +118,7 @@ def _search_plan(lr: Prepared, bank, budget: int, device) -> tuple[list[Tile], i
     return pieces, steps
 
 
-def search_image(model: RefSRModel, lr: Prepared, bank, *, budget_bytes: int = ts.DEFAULT_BUDGET,
+def search_image(model: RefSRModel, lr: Prepared, bank, *, budget_bytes: int = DEFAULT_SEARCH_BUDGET,
                  tracker: Tracker | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """S (H, W) float32 and the global hard-attention index (H, W) int64 of a whole prepared LR
     image against an encoded reference ``bank``, searched once, piece by piece: the same values
@@ -157,8 +153,8 @@ class _Engine:
         for p in refs:
             h, w = (p.pixels.shape[1] // 4) * 4, (p.pixels.shape[2] // 4) * 4
             pix = p.pixels[:, :h, :w].to(self.device, torch.float32)
-            ref_t.append(_to_net(pix)[None].to(self.dtype))
-            ref_du.append(_to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
+            ref_t.append(to_net(pix)[None].to(self.dtype))
+            ref_du.append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
             self.ref_shapes.append((h // 4, w // 4))
         with torch.inference_mode():
             self.bank = self.net.encode_references(ref_t, ref_du)[0]
@@ -202,7 +198,7 @@ def _prepare_refs(refs, lr: Prepared, percentiles, value_range) -> list[Prepared
 def _source_map(index: np.ndarray, shapes) -> np.ndarray:
     """Hard-attention indices → (H, W, 3): reference number, and the centre of the matched 4×4
     block in reference pixels (row, column)."""
-    decoded = ts.decode_index(index, shapes)
+    decoded = decode_index(index, shapes)
     decoded[..., 1:] = decoded[..., 1:] * 4 + 2
     return decoded.astype(np.int32)
 
@@ -306,7 +302,7 @@ def upscale_nd(
     half: bool | None = None,
     value_range: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-    search_budget: int = ts.DEFAULT_BUDGET,
+    search_budget: int = DEFAULT_SEARCH_BUDGET,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     phase: Phase | None = None,

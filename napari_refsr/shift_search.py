@@ -27,10 +27,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .defaults import DEFAULT_SEARCH_BUDGET as DEFAULT_BUDGET
 from .errors import Cancelled
 
 EPS = 1e-12  # the eps of torch.nn.functional.normalize, used by the reference
-DEFAULT_BUDGET = 256 * 2**20  # bytes of scratch memory one search may use
 BLOCK_ELEMENTS = 1 << 22  # scores per step on a CPU (16 MB buffers); CUDA takes bigger steps
 CUDA_BLOCK_ELEMENTS = 1 << 26
 

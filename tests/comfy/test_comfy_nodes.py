@@ -1,4 +1,4 @@
-"""The ComfyUI node pack against a stand-in of the ComfyUI modules it calls (tests/comfy_standin).
+"""The ComfyUI node pack against a stand-in of the ComfyUI modules it calls (tests/comfy/comfy_standin).
 
 Real parts everywhere else: a tiny TTSR checkpoint saved into the stand-in's models/refsr, the real
 core, a real HTTP server on 127.0.0.1 for the download path. The run in a real ComfyUI server is
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).resolve().parent / "comfy_standin"
 for _p in (str(ROOT), str(STANDIN)):
     if _p not in sys.path:
@@ -311,7 +311,7 @@ def test_out_of_memory_retries_with_smaller_tiles(model, scene, monkeypatch):
 
 
 def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monkeypatch):
-    def always(*args):
+    def always(*args, **kwargs):
         raise mm.OOM_EXCEPTION("CUDA out of memory.")
 
     monkeypatch.setattr(model.network, "decode", always)
@@ -370,7 +370,7 @@ def test_interrupt_without_a_progress_hook_stops_the_node(model, scene, monkeypa
     def cancel_in_first(*args):
         tiles.append(1)
         mm.interrupt_current_processing(True)
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(model.network, "decode", cancel_in_first)
     with pytest.raises(mm.InterruptProcessingException):

@@ -263,7 +263,7 @@ def test_out_of_memory_in_the_search_halves_its_budget(tiny_model, astronaut, mo
 
 
 def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(tiny_model, astronaut, monkeypatch):
-    def always(self, *a):
+    def always(self, *a, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(type(tiny_model.network), "decode", always)
