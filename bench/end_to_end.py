@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     old_cases = [c for c in (args.old_cases or args.cases).split(",") if c]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         folder = Path(tmp)
         inputs = make_inputs(folder)
         load = os.getloadavg()[0]

@@ -133,7 +133,7 @@ def main(argv=None) -> None:
     print("| LR grid | Ref grid | method | time (CPU) | peak | effective rate | mm rate | rate / mm | "
           "rate / mm in CPU time | same index | max ΔS |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for n_lr, n_ref in sizes:
             flops = (n_lr * n_ref) ** 2 * 9 * c * 2
             dense_mb = (n_lr * n_ref) ** 2 * 4 / 2**20 + 9 * c * 4 * (n_lr**2 + n_ref**2) * 2 / 2**20

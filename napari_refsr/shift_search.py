@@ -226,19 +226,8 @@ def search_padded(
     return best.to(q_pad.dtype), best_idx
 
 
-def search(
-    query: torch.Tensor,
-    keys: Sequence[torch.Tensor],
-    *,
-    normalize_query: bool = True,
-    patch: int = 3,
-    budget_bytes: int = DEFAULT_BUDGET,
-    query_rows: int | None = None,
-    key_rows: int | None = None,
-    product_dtype: torch.dtype | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def search(query: torch.Tensor, keys: Sequence[torch.Tensor], *, patch: int = 3,
+           **options) -> tuple[torch.Tensor, torch.Tensor]:
     """Best-matching key patch for every query patch (exact, memory-bounded).
 
     ``query`` is a (C, H, W) feature map, ``keys`` a list of (C, h_i, w_i) maps (one per
@@ -251,10 +240,10 @@ def search(
     step sizes; ``progress``/``cancel`` see every step (:class:`Cancelled` stops the search).
     Scratch memory stays within ``budget_bytes`` (beyond copies of the padded maps and per-pixel
     norms); a budget below one query row × one key row (with halos) is raised to that minimum.
+    Options (``normalize_query``, ``budget_bytes``, ``query_rows``, ``key_rows``,
+    ``product_dtype``, ``progress``, ``cancel``) are :func:`search_padded`'s.
     """
     if query.dim() != 3:
         raise ValueError("search expects a (C,H,W) query and a non-empty list of (C,h,w) keys with the same C")
     r = patch // 2
-    return search_padded(F.pad(query, (r, r, r, r)), keys, normalize_query=normalize_query, patch=patch,
-                         budget_bytes=budget_bytes, query_rows=query_rows, key_rows=key_rows,
-                         product_dtype=product_dtype, progress=progress, cancel=cancel)
+    return search_padded(F.pad(query, (r, r, r, r)), keys, patch=patch, **options)
