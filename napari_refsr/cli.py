@@ -10,8 +10,10 @@
 A multi-page TIFF LR is a stack: every page is upscaled against the same references and the result
 is a multi-page TIFF. Outputs keep the LR's dtype and channels; a TIFF's resolution is multiplied by
 4 so the upscaled image covers the same physical area. ``--confidence`` writes the soft-attention
-map S (float32 in a TIFF; 0–255 for S in [0, 1] in a PNG/JPEG); ``--source`` writes (TIFF only) an
-int32 map with, per LR pixel, the reference number and the (row, column) its texture came from.
+map S (the raw float32 values in a TIFF; in a PNG/JPEG an 8-bit picture, white = a perfect match,
+through the mapping of :mod:`napari_refsr.confidence`, which the "wrote" line states); ``--source``
+writes (TIFF only) an int32 map with, per LR pixel, the reference number and the (row, column) its
+texture came from. Every file written is reported on stderr (unless ``--quiet``).
 
 Exit status: 0 success; 2 usage or input error (bad file, image, option, checkpoint or weights —
 any :class:`~napari_refsr.RefSRError`); 1 other I/O error or out of memory; 130 interrupted. Errors
@@ -78,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     up.add_argument("--half", action="store_true", help="half precision on CUDA (faster, less memory)")
     up.add_argument("--confidence", metavar="CONF", default=None,
-                    help="also write the confidence map S at output size")
+                    help="also write the confidence map S at output size (TIFF: raw float32; "
+                         "PNG/JPEG: an 8-bit picture, white = perfect match)")
     up.add_argument("--source", metavar="SOURCE.tif", default=None,
                     help="also write the texture source map (reference, row, column per LR pixel; TIFF only)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -129,11 +132,15 @@ def _is_tiff(path: str) -> bool:
     return imageio.SUFFIXES.get(Path(path).suffix.lower()) == "tiff"
 
 
-def _confidence_for(path: str, conf: np.ndarray) -> np.ndarray:
-    """float32 for TIFF; 8-bit (S in [0, 1] → 0..255) for PNG/JPEG, which cannot hold floats."""
+def _confidence_for(path: str, conf: np.ndarray) -> tuple[np.ndarray, str]:
+    """The confidence map as written to ``path`` and a note on it: the raw float32 S for TIFF; for
+    PNG/JPEG, which cannot hold floats, the 8-bit angle picture of :mod:`.confidence`."""
+    from . import confidence
+
     if _is_tiff(path):
-        return conf.astype(np.float32)
-    return np.round(np.clip(conf, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return conf.astype(np.float32), "raw confidence S (float32 cosine, at most 1)"
+    image, window = confidence.to_uint8(conf)
+    return image, window.describe()
 
 
 class _Progress:
@@ -197,14 +204,16 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     finally:
         bar.close()
 
-    outputs = [(args.output, result.image, out_meta)]
+    outputs = [(args.output, result.image, out_meta, "")]
     if args.confidence:
-        outputs.append((args.confidence, _confidence_for(args.confidence, result.confidence), conf_meta))
+        conf, note = _confidence_for(args.confidence, result.confidence)
+        outputs.append((args.confidence, conf, dict(conf_meta, description=note), note))
     if args.source:
-        outputs.append((args.source, result.source.astype(np.int32), src_meta))
+        outputs.append((args.source, result.source.astype(np.int32), src_meta,
+                        "reference number, row, column (reference pixels) per LR pixel"))
     written: list[Path] = []
     try:
-        for path, array, meta_out in outputs:
+        for path, array, meta_out, _ in outputs:
             written.append(imageio.write_image(path, array, meta=meta_out))
     except BaseException:
         for path in written:  # all or nothing: no output of a failed run stays behind
@@ -212,7 +221,9 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                 path.unlink()
         raise
     if not args.quiet:
-        print(f"{PROG}: wrote {args.output} {tuple(result.image.shape)} {result.image.dtype}", file=sys.stderr)
+        for path, array, _, note in outputs:
+            print(f"{PROG}: wrote {path} {tuple(array.shape)} {array.dtype}" + (f"; {note}" if note else ""),
+                  file=sys.stderr)
     return EXIT_OK
 
 

@@ -279,7 +279,8 @@ def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None =
 
     ``meta`` (as from ``read_image_with_meta``, or ``upscaled_meta`` of it) supplies the axis letters
     (whether the last axis is channels, which axes are a stack) and, for TIFF, the resolution.
-    Extra key ``photometric`` ('rgb' | 'minisblack') overrides the TIFF colour interpretation.
+    Extra key ``photometric`` ('rgb' | 'minisblack') overrides the TIFF colour interpretation;
+    ``description`` (text) goes into a PNG's ``Description`` text chunk or a JPEG's comment.
     """
     p = Path(path)
     arr = np.asarray(array)
@@ -290,20 +291,26 @@ def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None =
         if fmt == "tiff":
             atomic_write(p, lambda f: _write_tiff(f, arr, axes, meta or {}))
         else:
-            atomic_write(p, lambda f: _write_pillow(f, arr, axes, fmt))
+            atomic_write(p, lambda f: _write_pillow(f, arr, axes, fmt, (meta or {}).get("description")))
     except OSError as err:
         raise RefSRError(f"cannot write {p}: {err.strerror or err}") from None
     return p
 
 
-def _write_pillow(f: BinaryIO, arr: np.ndarray, axes: str, fmt: str) -> None:
-    from PIL import Image
+def _write_pillow(f: BinaryIO, arr: np.ndarray, axes: str, fmt: str, description: str | None = None) -> None:
+    from PIL import Image, PngImagePlugin
 
     if axes.endswith("S") and arr.shape[-1] == 1:
         arr = arr[..., 0]
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
     im = Image.fromarray(arr)  # uint16 (H, W) → mode I;16, written as a 16-bit PNG
-    options = {"quality": JPEG_QUALITY} if fmt == "jpeg" else {}
+    options: dict[str, Any] = {"quality": JPEG_QUALITY} if fmt == "jpeg" else {}
+    if description and fmt == "jpeg":
+        options["comment"] = description
+    elif description:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Description", description)
+        options["pnginfo"] = info
     im.save(f, format="JPEG" if fmt == "jpeg" else "PNG", **options)
 
 

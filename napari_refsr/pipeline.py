@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import search as ts
+from .confidence import upsample_confidence
 from .devices import choose_device, is_out_of_memory, release_memory
 from .errors import Cancelled, RefSRError
 from .model import RefSRModel
@@ -42,7 +43,7 @@ class UpscaleResult:
     """Output of a run: the ×4 image, the confidence S at output size, and where textures came from."""
 
     image: np.ndarray  # input dtype and channels, spatial axes ×4
-    confidence: np.ndarray  # float32, spatial axes ×4: the soft attention S (max relevance)
+    confidence: np.ndarray  # float32, spatial axes ×4: the soft attention S, in [-1, 1] (see .confidence)
     source: np.ndarray  # int32 (..., H, W, 3) at LR size: reference number, row, column (ref pixels)
     tile: int  # the tile size that finally ran (smaller than asked after an out-of-memory retry)
 
@@ -245,7 +246,7 @@ def upscale_nd(
                              budget=search_budget, progress=progress, cancel=cancel, total_slices=n_slices)
         sr, s, index = runner.slice(lr)
         images.append(restore(sr, lr))
-        confs.append(resize_bicubic(torch.from_numpy(s.astype(np.float32)), (s.shape[0] * 4, s.shape[1] * 4)).numpy())
+        confs.append(upsample_confidence(s, 4))
         sources.append(_source_map(index, runner.engine.ref_shapes))
     out_img = np.stack(images).reshape(loop_shape + images[0].shape)
     out_conf = np.stack(confs).reshape(loop_shape + confs[0].shape)

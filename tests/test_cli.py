@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 
 import napari_refsr
-from napari_refsr import cli, imageio, weights
+from napari_refsr import cli, confidence, imageio, weights
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig
 
 REPO = Path(napari_refsr.__file__).resolve().parent.parent
@@ -96,9 +97,15 @@ def test_uint16_gray_with_two_references_confidence_and_source(tmp_path, ckpt, m
 
     conf = imageio.read_image(tmp_path / "conf.png")
     assert conf.shape == (80, 96) and conf.dtype == np.uint8
-    want = np.round(np.clip(expected.confidence, 0, 1) * 255)
+    want, window = confidence.to_uint8(expected.confidence)
     np.testing.assert_allclose(conf, want, atol=1)
-    assert conf.std() > 0  # a real map, not a constant
+    assert conf.min() <= 1 and conf.std() > 0  # black at the map's lowest S (white is S = 1)
+    with Image.open(tmp_path / "conf.png") as im:  # the mapping travels with the file
+        assert im.info["Description"] == window.describe()
+    # every file written is reported, the confidence with its mapping
+    wrote = [line for line in proc.stderr.splitlines() if line.startswith("refsr: wrote ")]
+    assert [line.split()[2] for line in wrote] == ["out.png", "conf.png", "src.tif"], proc.stderr
+    assert wrote[1].endswith(window.describe()) and "(80, 96) uint8" in wrote[1]
 
     src = imageio.read_image(tmp_path / "src.tif")
     assert src.shape == (20, 24, 3) and src.dtype == np.int32
@@ -157,6 +164,9 @@ def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model):
         np.testing.assert_allclose(out[z].astype(int), alone.astype(int), atol=1)
     conf = imageio.read_image(tmp_path / "conf.tif")
     assert conf.shape == (2, 80, 96) and conf.dtype == np.float32
+    raw = napari_refsr.upscale_nd(model, pages, ref, spatial_axes=(1, 2), channel_axis=3, tile=64, device="cpu")
+    np.testing.assert_allclose(conf, raw.confidence, atol=1e-6)  # TIFF keeps the raw S
+    assert conf.max() <= 1.0
 
 
 def test_weights_list(tmp_path, monkeypatch, capsys):
