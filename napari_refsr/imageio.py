@@ -175,6 +175,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
         resolution = getattr(page, "resolution", None)
         unit = int(getattr(page, "resolutionunit", 1) or 1)
+        planar_rgb = axes.startswith("S") and int(getattr(page, "photometric", 0) or 0) == 2  # RGB
+    if planar_rgb:
+        warnings.warn(_planar_rgb_note(path, array.shape), UserWarning, stacklevel=4)
     if len(axes) != array.ndim:  # defensive: tifffile axes and shape always agree in practice
         axes = "Q" * (array.ndim - 2) + "YX"
     if "S" in axes and axes[-1] != "S":  # planar configuration: samples first → last
@@ -194,6 +197,13 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         meta["resolution"] = (float(resolution[0]), float(resolution[1]))
         meta["resolution_unit"] = unit
     return array, meta
+
+
+def _planar_rgb_note(path: Path, shape: tuple[int, ...]) -> str:
+    """Why a (3, H, W) stack may come back as one colour image."""
+    return (f"{path} is tagged RGB with separate colour planes (shape {tuple(shape)}), as tifffile saves "
+            f"a (3, H, W) or (4, H, W) array by default, so it is read as one colour image; if the planes are "
+            f"a Z/T stack, save it with tifffile.imwrite(..., photometric='minisblack')")
 
 
 def upscaled_meta(meta: dict[str, Any] | None, scale: int | float) -> dict[str, Any]:
