@@ -6,6 +6,7 @@ Deselect with ``-m "not gui"`` for core-only runs.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from pathlib import Path
@@ -145,6 +146,7 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     widget.add_confidence.value = True
     widget.add_source.value = True
     n_before = len(viewer.layers)
+    viewer.camera.center, viewer.camera.zoom = (0.0, 500.0, 500.0), 0.05  # far away, zoomed out
 
     widget.run_button.clicked()
     assert widget.running
@@ -152,7 +154,7 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert errors == []
     assert widget.progress.value == widget.progress.max == 3  # one 24×24 tile per slice
 
-    out = viewer.layers["stack ×4 (RefSR)"]
+    out = viewer.layers["stack ×4"]
     assert out.data.shape == (3, 96, 96) and out.data.dtype == np.uint16
     np.testing.assert_allclose(out.scale, [2.0, 0.125, 0.0625])
     np.testing.assert_allclose(out.translate, [1.0, 10.0 - 0.25 + 0.0625, -3.0 - 0.125 + 0.03125])
@@ -170,17 +172,17 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert out.colormap.name == "green"
     assert len(np.unique(out.data)) > 100  # a real image, not a constant
 
-    conf = viewer.layers["stack ×4 confidence (RefSR)"]
+    conf = viewer.layers["stack ×4 confidence"]
     assert conf.data.shape == (3, 96, 96) and conf.data.dtype == np.float32
     np.testing.assert_allclose(conf.scale, out.scale)
     np.testing.assert_allclose(conf.translate, out.translate)
-    src = viewer.layers["stack source reference (RefSR)"]
+    src = viewer.layers["stack source reference"]
     assert isinstance(src, Labels) and src.data.shape == (3, 24, 24)
     assert set(np.unique(src.data)) == {1}  # every texture came from reference 1
     np.testing.assert_allclose(src.scale, lr.scale)
     np.testing.assert_allclose(src.translate, lr.translate)
-    rows = viewer.layers["stack source row (RefSR)"].data
-    cols = viewer.layers["stack source column (RefSR)"].data
+    rows = viewer.layers["stack source row"].data
+    cols = viewer.layers["stack source column"].data
     assert rows.shape == cols.shape == (3, 24, 24)
     assert 0 <= rows.min() and rows.max() < 24 and 0 <= cols.min() and cols.max() < 28
     assert len(viewer.layers) == n_before + 5
@@ -188,6 +190,79 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert out in offered and conf not in offered  # maps are not offered as inputs
     assert viewer.layers.selection.active is out
     assert widget.run_button.enabled and not widget.cancel_button.enabled
+    # the view is fitted to the result
+    lo, hi = out.extent.world[:, -2:]
+    np.testing.assert_allclose(viewer.camera.center[-2:], (lo + hi) / 2, atol=1e-6)
+    assert float(np.max(hi - lo)) * viewer.camera.zoom > 200  # the 12-unit result fills the canvas
+    # napari's layer list elides long names in the middle: the ends still tell the results apart
+    from qtpy.QtGui import QFontMetrics
+    from qtpy.QtWidgets import QApplication
+
+    metrics = QFontMetrics(QApplication.font())
+    results = [layer.name for layer in viewer.layers][n_before:]
+    narrow = metrics.horizontalAdvance("stack ×4 confid")
+    elided = {metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, narrow) for name in results}
+    assert len(elided) == len(results) == 5, elided
+
+
+def test_dock_keeps_its_width_with_long_texts(make_napari_viewer, qtbot, tiny_checkpoint):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((24, 24), np.uint8), name="a layer with a rather long name " * 3)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+
+    def settled_width():
+        for _ in range(5):
+            QApplication.processEvents()
+        return dock.width()
+
+    before, hint = settled_width(), widget.native.minimumSizeHint().width()
+    widget._set_status("error: " + "a reference with other channels than the image, and more words " * 5)
+    widget.select_checkpoint(Path("/a/very/long/folder") / ("sub" * 40) / tiny_checkpoint.name)
+    assert settled_width() <= before + 2 and widget.native.minimumSizeHint().width() <= hint + 2
+    assert widget.status.native.wordWrap()  # the message wraps instead (all of it stays readable)
+
+
+def test_axis_choices_are_valid_and_named_in_user_terms(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                        monkeypatch, errors):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(np.zeros((5, 40, 300), np.uint16), name="zyx", axis_labels=("z", "y", "x"))
+    ref = viewer.add_image(np.zeros((40, 40), np.uint16), name="ref")
+    widget = _widget_for(viewer)
+    _setup(widget, stack, [ref], tiny_checkpoint, monkeypatch)
+    # a 5-plane Z axis is offered neither as Y/X (too short) nor as channels (not 3 or 4 planes)
+    assert widget.y_axis.choices == (1, 2) and widget.x_axis.choices == (2,)
+    assert widget.channel_axis.choices == (_widget.NO_CHANNEL,)
+    assert widget.y_axis.native.itemText(0) == "y (axis 1, 40 px)"
+    widget.y_axis.value = 2  # choosing X's axis as Y swaps them
+    assert (widget.y_axis.value, widget.x_axis.value) == (2, 1)
+
+    cyxc = viewer.add_image(np.zeros((3, 20, 24, 4), np.uint8), name="cyxc")
+    widget.image.value = cyxc
+    assert (widget.y_axis.value, widget.x_axis.value) == (1, 2)
+    assert widget.channel_axis.choices == (_widget.NO_CHANNEL, 0, 3)
+
+    tiny = viewer.add_image(np.zeros((10, 12), np.uint8), name="tiny")
+    widget.image.value = tiny
+    dims_before = viewer.dims.range
+    widget.run_button.clicked()  # refused at once, in the user's terms, without a worker
+    assert not widget.running and viewer.dims.range == dims_before
+    assert "no two axes of at least 16 pixels" in errors[-1] and "axis 0 (10 px)" in errors[-1]
+
+
+def test_axis_check_messages():
+    from napari_refsr._napari._axes import check_axes
+
+    labels = ("z", "y", "x")
+    check_axes((5, 40, 300), labels, 1, 2, None, "s")
+    cases = [((1, 1, None), "Y and X must be different axes (both are y (axis 1, 40 px))"),
+             ((0, 2, None), "the Y axis, z (axis 0, 5 px), has only 5 pixels"),
+             ((1, 2, 0), "the channel axis, z (axis 0, 5 px), has 5 planes"),
+             ((1, 2, 2), "x (axis 2, 300 px) cannot be the channel axis and a spatial axis")]
+    for (y, x, c), message in cases:
+        with pytest.raises(napari_refsr.RefSRError, match=re.escape(message)):
+            check_axes((5, 40, 300), labels, y, x, c, "s")
 
 
 def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
@@ -258,7 +333,7 @@ def test_rgb_layer_keeps_colour_and_placement(make_napari_viewer, qtbot, tiny_ch
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["rgb ×4 (RefSR)"]
+    out = viewer.layers["rgb ×4"]
     assert out.rgb and out.data.shape == (64, 80, 3) and out.data.dtype == np.uint8
     # with a rotation the corners of the pixel grid still coincide in the world
     for corner in ((-0.5, -0.5), (15.5, 19.5), (-0.5, 19.5), (15.5, -0.5)):
@@ -282,14 +357,14 @@ def test_chosen_axes_and_channel_axis(make_napari_viewer, qtbot, tiny_checkpoint
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["ycx ×4 (RefSR)"]
+    out = viewer.layers["ycx ×4"]
     assert out.data.shape == (64, 3, 80) and out.data.dtype == np.uint8
     np.testing.assert_allclose(out.scale, [0.125, 1.0, 0.0625])
     np.testing.assert_allclose(out.translate, [-0.25 + 0.0625, 0.0, -0.125 + 0.03125])
-    conf = viewer.layers["ycx ×4 confidence (RefSR)"]  # no channel axis
+    conf = viewer.layers["ycx ×4 confidence"]  # no channel axis
     assert conf.data.shape == (64, 80) and tuple(conf.axis_labels) == ("y", "x")
     np.testing.assert_allclose(conf.scale, [0.125, 0.0625])
-    src = viewer.layers["ycx source reference (RefSR)"]
+    src = viewer.layers["ycx source reference"]
     assert src.data.shape == (16, 20)
     np.testing.assert_allclose(src.scale, [0.5, 0.25])
 
@@ -322,7 +397,7 @@ def test_widget_runs_an_srntt_export(make_napari_viewer, qtbot, tmp_path, monkey
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["astro ×4 (RefSR)"]
+    out = viewer.layers["astro ×4"]
     assert out.rgb and out.data.shape == (100, 80, 3) and out.data.dtype == np.uint8
     model = rs.load_model(export, device="cpu", cache=False)
     assert model.arch == "srntt" and out.metadata["refsr"]["model"] == model.name
@@ -331,7 +406,7 @@ def test_widget_runs_an_srntt_export(make_napari_viewer, qtbot, tmp_path, monkey
     bilinear = np.asarray(torch.nn.functional.interpolate(
         torch.from_numpy(lr_data).permute(2, 0, 1)[None].float(), scale_factor=4, mode="bilinear")[0].permute(1, 2, 0))
     assert np.abs(out.data.astype(float) - bilinear).mean() > 1.0  # the texture branch contributes
-    conf = viewer.layers["astro ×4 confidence (RefSR)"]
+    conf = viewer.layers["astro ×4 confidence"]
     assert conf.data.shape == (100, 80) and 0 <= conf.data.min() and conf.data.max() <= 1 + 1e-4
 
 
@@ -392,7 +467,7 @@ def test_shipped_default_model_runs_offline(make_napari_viewer, qtbot, monkeypat
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["lr ×4 (RefSR)"].data
+    out = viewer.layers["lr ×4"].data
     bicubic = resize_uint8(lr.data, (192, 192))
     assert out.shape == original.shape and out.dtype == np.uint8
     gain = peak_signal_noise_ratio(original, out) - peak_signal_noise_ratio(original, bicubic)

@@ -24,12 +24,13 @@ from napari.layers import Image, Layer
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal, Slot
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QComboBox, QFileDialog, QSizePolicy
 
 from .. import weights
 from ..errors import Cancelled, RefSRError
 from ..model import DEFAULT_MODEL, load_model
 from ..pipeline import DEFAULT_TILE, MIN_TILE, UpscaleResult, upscale_nd
+from . import _axes
 from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
 
 __all__ = ["RefSRWidget", "BROWSE"]
@@ -119,6 +120,8 @@ class RefSRWidget(Container):
         self._extra_checkpoints: list[str] = []
         self._last_model = DEFAULT_MODEL
         self._axes_layer: Layer | None = None
+        self._refreshing_axes = False
+        self._last_y: int | None = None
         self._worker = None
         self._cancel = threading.Event()
         #: ``relay.progress(done, total, message)``: a Qt signal emitted in the worker thread
@@ -127,8 +130,10 @@ class RefSRWidget(Container):
 
         self.image = ComboBox(label="Low-res image", choices=self._image_choices, nullable=True)
         self.references = Select(label="References", choices=self._reference_choices)
-        self.y_axis = ComboBox(label="Y axis", choices=self._axis_choices)
-        self.x_axis = ComboBox(label="X axis", choices=self._axis_choices)
+        self.y_axis = ComboBox(label="Y axis", choices=self._y_choices,
+                               tooltip=f"the image's vertical axis (at least {_axes.MIN_AXIS} px)")
+        self.x_axis = ComboBox(label="X axis", choices=self._x_choices,
+                               tooltip=f"the image's horizontal axis (at least {_axes.MIN_AXIS} px)")
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
         self.model = ComboBox(label="Model", choices=self._model_choices, value=DEFAULT_MODEL)
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
@@ -142,12 +147,15 @@ class RefSRWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self.status = Label(label="Status", value="ready")
+        self._keep_narrow()
         buttons = Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button])
         self.extend([self.image, self.references, self.y_axis, self.x_axis, self.channel_axis, self.model,
                      self.device, self.precision, self.tile, self.add_confidence, self.add_source, buttons,
                      self.progress, self.status])
 
         self.image.changed.connect(self._on_image_changed)
+        self.y_axis.changed.connect(self._on_y_changed)
+        self.x_axis.changed.connect(self._on_x_changed)
         self.model.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -175,30 +183,49 @@ class RefSRWidget(Container):
         lr = self.image.value if hasattr(self, "image") else None
         return [(layer.name, layer) for layer in self._images() if layer is not lr]
 
-    def _data_axes(self) -> list[int]:
-        """Data axes a user may call Y or X: all but an RGB layer's colour axis."""
+    def _shape_and_labels(self) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
+        """The LR layer's data shape and axis labels (None: no layer, or a pyramid)."""
         layer = self.image.value if hasattr(self, "image") else None
         if layer is None or getattr(layer, "multiscale", False):
-            return []
-        return list(range(layer.ndim))
+            return None
+        return tuple(layer.data.shape), tuple(str(label) for label in layer.axis_labels)
 
-    def _axis_name(self, axis: int) -> str:
-        """``"z (axis 0, 3 px)"`` for a labelled axis, ``"axis 0 (3 px)"`` for napari's default labels."""
-        layer = self.image.value
-        size = layer.data.shape[axis]
-        label = str(layer.axis_labels[axis]) if axis < len(layer.axis_labels) else ""
-        if label and label != str(axis - layer.ndim):
-            return f"{label} (axis {axis}, {size} px)"
-        return f"axis {axis} ({size} px)"
+    def _named(self, axes: list[int]) -> list[tuple[str, int]]:
+        shape, labels = self._shape_and_labels()
+        return [(_axes.axis_name(shape, labels, a), a) for a in axes]
 
-    def _axis_choices(self, _widget=None) -> list[tuple[str, int]]:
-        return [(self._axis_name(a), a) for a in self._data_axes()]
+    def _y_choices(self, _widget=None) -> list[tuple[str, int]]:
+        """Axes long enough to be Y (a 5-plane Z axis is not offered)."""
+        info = self._shape_and_labels()
+        return self._named(_axes.spatial_choices(info[0])) if info else []
+
+    def _x_choices(self, _widget=None) -> list[tuple[str, int]]:
+        """Like Y, without the axis chosen as Y."""
+        y = self.y_axis.value if hasattr(self, "y_axis") else None
+        return [c for c in self._y_choices() if c[1] != y]
 
     def _channel_choices(self, _widget=None) -> list[tuple[str, int]]:
         layer = self.image.value if hasattr(self, "image") else None
         if layer is not None and layer.rgb:
             return [("colour (RGB layer)", NO_CHANNEL)]
-        return [("none: loop over the other axes", NO_CHANNEL)] + self._axis_choices()
+        none = [("none: loop over the other axes", NO_CHANNEL)]
+        info = self._shape_and_labels()
+        if info is None or not hasattr(self, "x_axis"):
+            return none
+        return none + self._named(_axes.channel_choices(info[0], self.y_axis.value, self.x_axis.value))
+
+    def _keep_narrow(self) -> None:
+        """Long texts (an error in the status line, a checkpoint path, a layer name) wrap or elide
+        instead of widening the dock for good and squeezing the canvas."""
+        label = self.status.native
+        label.setWordWrap(True)
+        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        for combo in (self.image, self.y_axis, self.x_axis, self.channel_axis, self.model):
+            native = combo.native
+            if isinstance(native, QComboBox):
+                native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+                native.setMinimumContentsLength(16)
+        self.references.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         items: list[tuple[str, str]] = []
@@ -249,20 +276,57 @@ class RefSRWidget(Container):
         self._refresh_axes()
 
     def _refresh_axes(self) -> None:
-        """Axis choices follow the LR layer; a new layer gets the defaults (last two axes = Y, X)."""
+        """Axis choices follow the LR layer; a new layer gets the defaults (the last two axes that
+        are long enough = Y, X; no channel axis)."""
         layer = self.image.value
-        for w in (self.y_axis, self.x_axis, self.channel_axis):
-            w.reset_choices()
-        if layer is self._axes_layer:
+        self._refreshing_axes = True
+        try:
+            y, x = self.y_axis.value, self.x_axis.value
+            self.y_axis.reset_choices()
+            candidates = [a for _, a in self._y_choices()]
+            if layer is not self._axes_layer:
+                self._axes_layer = layer
+                y, x = (candidates[-2], candidates[-1]) if len(candidates) >= 2 else (None, None)
+                self.channel_axis.value = NO_CHANNEL
+                fixed = layer is None or layer.rgb or layer.ndim == 2
+                for w in (self.y_axis, self.x_axis, self.channel_axis):
+                    w.enabled = not fixed
+            if y in candidates:
+                self.y_axis.value = y
+            self._follow_y(x)
+        finally:
+            self._refreshing_axes = False
+        self._last_y = self.y_axis.value
+
+    def _follow_y(self, preferred_x: int | None) -> None:
+        """X and channel choices after Y changed: X keeps ``preferred_x`` when it is still allowed."""
+        self.x_axis.reset_choices()
+        allowed = [a for _, a in self._x_choices()]
+        if allowed:
+            self.x_axis.value = preferred_x if preferred_x in allowed else allowed[-1]
+        self._follow_x()
+
+    def _follow_x(self) -> None:
+        channel = self.channel_axis.value
+        self.channel_axis.reset_choices()
+        allowed = [a for _, a in self._channel_choices()]
+        self.channel_axis.value = channel if channel in allowed else NO_CHANNEL
+
+    def _on_y_changed(self, *_) -> None:
+        if self._refreshing_axes:
             return
-        self._axes_layer = layer
-        axes = self._data_axes()
-        if len(axes) >= 2:
-            self.y_axis.value, self.x_axis.value = axes[-2], axes[-1]
-        self.channel_axis.value = NO_CHANNEL
-        fixed = layer is None or layer.rgb or layer.ndim == 2
-        for w in (self.y_axis, self.x_axis, self.channel_axis):
-            w.enabled = not fixed
+        self._refreshing_axes = True
+        try:
+            # choosing the current X as Y swaps the two
+            old_y = self._last_y
+            self._follow_y(old_y if self.x_axis.value == self.y_axis.value else self.x_axis.value)
+        finally:
+            self._refreshing_axes = False
+        self._last_y = self.y_axis.value
+
+    def _on_x_changed(self, *_) -> None:
+        if not self._refreshing_axes:
+            self._follow_x()
 
     def _on_model_changed(self, value: str) -> None:
         if value != BROWSE:
@@ -308,6 +372,8 @@ class RefSRWidget(Container):
             axes = layer_axes(data.ndim, True)
         else:
             channel = None if self.channel_axis.value in (None, NO_CHANNEL) else self.channel_axis.value
+            _axes.check_axes(data.shape, [str(label) for label in layer.axis_labels], self.y_axis.value,
+                             self.x_axis.value, channel, layer.name)
             axes = layer_axes(data.ndim, False, self.y_axis.value, self.x_axis.value, channel)
         point = tuple(self._viewer.dims.point)
         model = self.model.value
@@ -390,7 +456,15 @@ class RefSRWidget(Container):
             self._viewer.add_layer(extra)
         self._viewer.add_layer(new[0])  # the image on top of its companions
         self._viewer.layers.selection.active = new[0]
+        self._fit_view(new[0])
         self._set_status(f"done in {outcome.seconds:.1f} s: {new[0].name}")
+
+    def _fit_view(self, layer: Layer) -> None:
+        """Show the whole result (napari keeps the old camera when a layer is added)."""
+        try:
+            self._viewer.fit_to_view(layers=[layer])
+        except (AttributeError, TypeError):  # napari < 0.7: fits all layers
+            self._viewer.reset_view()
 
     def _on_finished(self) -> None:
         self._worker = None
