@@ -103,7 +103,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "run": {
         "out": "runs/ttsr",
-        "log_every": 10,  # steps between CSV/TensorBoard rows
+        "log_every": 10,  # steps between CSV/TensorBoard rows (fewer for runs under 20 rows)
         "val_every": 1000,  # steps; 0 = only at the end
         "val_at_start": True,  # validate the initial model too (the "before" numbers)
         "ckpt_every": 1000,  # steps; a checkpoint is also written at every epoch end and at the end

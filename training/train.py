@@ -58,7 +58,7 @@ from training.data import EpochSampler, build_train_set, eval_items  # noqa: E40
 from training.evaluate import evaluate_network  # noqa: E402
 from training.losses import (WGANGP, Discriminator, PerceptualLoss, TextureLoss,  # noqa: E402
                              TransferalPerceptualLoss, VGG19Features, load_vgg19_state, reconstruction_loss)
-from training.plot import plot_curves  # noqa: E402
+from training.plot import log_interval, plot_curves  # noqa: E402
 
 __all__ = ["main", "Trainer", "export_model"]
 
@@ -485,7 +485,8 @@ class Trainer:
 
     def fit(self) -> dict:
         run = self.cfg["run"]
-        val_every, ckpt_every, log_every = int(run["val_every"] or 0), int(run["ckpt_every"] or 0), max(1, int(run["log_every"]))
+        val_every, ckpt_every = int(run["val_every"] or 0), int(run["ckpt_every"] or 0)
+        log_every = log_interval(int(run["log_every"]), self.total_steps())
         if self.dist.main:
             n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
             precision = f", mixed precision {str(self.amp_dtype).split('.')[-1]}" if self.amp_dtype else ""
