@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FOLDER = "napari-refsr"  # what `git clone <url>` names the checkout
 
 
@@ -50,7 +50,7 @@ def _python(clone: Path, *args: str, timeout: float = 300) -> subprocess.Complet
 def test_suite_runs_in_a_clone_named_napari_refsr(clone):
     # the ComfyUI tests put the ComfyUI stand-in on sys.path, which is what made pytest's import of
     # the top-level __init__.py reach its ComfyUI branch and fail
-    run = _python(clone, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_comfy_nodes.py",
+    run = _python(clone, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/comfy/test_comfy_nodes.py",
                   "-k", "entrypoint or schemas")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     summary = run.stdout.strip().splitlines()[-1]
@@ -61,7 +61,7 @@ def test_comfyui_finds_the_node_pack_in_a_clone_named_napari_refsr(clone):
     # ComfyUI's custom-node loader: the folder's __init__.py under a module name made from its path
     script = f"""
 import asyncio, importlib.util, sys
-sys.path.insert(0, {str(clone / "tests" / "comfy_standin")!r})
+sys.path.insert(0, {str(clone / "tests" / "comfy" / "comfy_standin")!r})
 folder = {str(clone)!r}
 name = folder.replace(".", "_x_")
 spec = importlib.util.spec_from_file_location(name, folder + "/__init__.py")
