@@ -71,7 +71,8 @@ def test_stack_axis_names_survive_a_round_trip(tmp_path):
 def test_tiff_planar_samples_are_moved_last(tmp_path):
     planar = _rand((3, 20, 24), np.uint16)
     tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
-    back, meta = imageio.read_image_with_meta(tmp_path / "planar.tif")
+    with pytest.warns(UserWarning, match="separate colour planes"):  # read as colour, and it says so
+        back, meta = imageio.read_image_with_meta(tmp_path / "planar.tif")
     assert back.shape == (20, 24, 3) and meta["axes"] == "YXS"
     np.testing.assert_array_equal(back, np.moveaxis(planar, 0, -1))
 

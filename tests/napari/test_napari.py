@@ -152,7 +152,8 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     widget.add_confidence.value = True
     widget.add_source.value = True
     n_before = len(viewer.layers)
-    viewer.camera.center, viewer.camera.zoom = (0.0, 500.0, 500.0), 0.05  # far away, zoomed out
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari ≥ 0.9: scene.camera
+    camera.center, camera.zoom = (0.0, 500.0, 500.0), 0.05  # far away, zoomed out
 
     widget.run_button.clicked()
     assert widget.running
@@ -198,8 +199,8 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     # the view is fitted to the result
     lo, hi = out.extent.world[:, -2:]
-    np.testing.assert_allclose(viewer.camera.center[-2:], (lo + hi) / 2, atol=1e-6)
-    assert float(np.max(hi - lo)) * viewer.camera.zoom > 200  # the 12-unit result fills the canvas
+    np.testing.assert_allclose(camera.center[-2:], (lo + hi) / 2, atol=1e-6)
+    assert float(np.max(hi - lo)) * camera.zoom > 200  # the 12-unit result fills the canvas
     # napari's layer list elides long names in the middle: the ends still tell the results apart
     from qtpy.QtGui import QFontMetrics
     from qtpy.QtWidgets import QApplication
