@@ -6,6 +6,8 @@
           [--device D] [--half] [--confidence CONF.png] [--source SOURCE.tif] [--quiet]
     refsr weights list
     refsr weights fetch NAME
+    refsr export-bioimageio MODEL -o PACKAGE.zip [--channels 1|3] [--name N] [--author A ...]
+          [--licence SPDX] [--test-image LR --test-reference REF]
 
 A multi-page TIFF LR is a stack: every page is upscaled against the same references and the result
 is a multi-page TIFF. Outputs keep the LR's dtype and channels; a TIFF's resolution is multiplied by
@@ -93,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("name", metavar="NAME")
     wf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     wf.set_defaults(func=_cmd_weights_fetch)
+
+    ex = sub.add_parser("export-bioimageio", help="write a bioimage.io model package (zip, spec 0.5)",
+                        description="Package a model for bioimage.io tools (needs the bioimageio extra).")
+    ex.add_argument("model", metavar="MODEL", help="registry name or checkpoint file")
+    ex.add_argument("-o", "--output", required=True, metavar="PACKAGE.zip")
+    ex.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                    help="channels per input: 3 (RGB) or 1 (grayscale) (default: %(default)s)")
+    ex.add_argument("--name", default=None, help="model name in the package (default: from MODEL)")
+    ex.add_argument("--author", action="append", default=None, metavar="NAME", help="an author (repeatable)")
+    ex.add_argument("--licence", "--license", default=None, metavar="SPDX",
+                    help="SPDX licence id (default: the registry entry's, else MIT)")
+    ex.add_argument("--test-image", default=None, metavar="LR",
+                    help="LR image for the test tensors and cover (default: a scikit-image sample)")
+    ex.add_argument("--test-reference", default=None, metavar="REF", help="its reference (with --test-image)")
+    ex.set_defaults(func=_cmd_export_bioimageio)
     return parser
 
 
@@ -231,6 +248,21 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
 
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     path = weights.fetch(args.name, progress=not args.quiet and sys.stderr.isatty())
+    print(path)
+    return EXIT_OK
+
+
+def _cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    from .zoo import export_bioimageio
+
+    if (args.test_image is None) != (args.test_reference is None):
+        raise RefSRError("give --test-image and --test-reference together")
+    tests = None
+    if args.test_image:
+        tests = (imageio.read_image(args.test_image), _read_reference(args.test_reference))
+    path = export_bioimageio(args.model, args.output, channels=args.channels, name=args.name,
+                             authors=args.author or ("napari-refsr developers",), licence=args.licence,
+                             test_images=tests)
     print(path)
     return EXIT_OK
 
