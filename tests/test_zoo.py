@@ -38,13 +38,15 @@ def _run_blocked(blocked: set[str], code: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_package(tmp_path_factory):
-    """A tiny TTSR (fixed seed) and its RGB package."""
+    """A tiny TTSR (fixed seed) and its RGB package, with small test tensors (fast CI)."""
     from conftest import tiny_network
 
     folder = tmp_path_factory.mktemp("zoo")
     ckpt = folder / "tiny.pt"
     torch.save(tiny_network(3).state_dict(), ckpt)
-    package = zoo.export_bioimageio(ckpt, folder / "tiny.zip", name="tiny test model", authors=["Test Author"])
+    lr, ref, _ = zoo.default_test_images(3)
+    package = zoo.export_bioimageio(ckpt, folder / "tiny.zip", name="tiny test model", authors=["Test Author"],
+                                    test_images=(lr[:48, :48], ref[:64, :64]))
     return ckpt, package
 
 
@@ -116,8 +118,8 @@ def test_consumer_prediction_equals_napari_refsr(tiny_package, held_out_pairs):
 
     ckpt, package = tiny_package
     hr, ref = held_out_pairs["ihc"]
-    lr, ref = hr[:80, :96].astype(np.float32) * 7 + 30, ref[:112, :128].astype(np.float32) * 7 + 30
-    ours = napari_refsr.upscale(napari_refsr.load_model(ckpt, device="cpu"), lr, ref, tile=96, device="cpu")
+    lr, ref = hr[:48, :64].astype(np.float32) * 7 + 30, ref[:80, :96].astype(np.float32) * 7 + 30
+    ours = napari_refsr.upscale(napari_refsr.load_model(ckpt, device="cpu"), lr, ref, tile=64, device="cpu")
     lo, hi = intensity_window(lr)
     expected = (ours - lo) / (hi - lo)
 
@@ -130,7 +132,7 @@ def test_consumer_prediction_equals_napari_refsr(tiny_package, held_out_pairs):
     with create_prediction_pipeline(descr) as pipeline:
         out = pipeline.predict_sample_without_blocking(sample(), skip_input_padding=True, skip_output_cropping=True)
     got = np.moveaxis(out.members["sr"].data.to_numpy()[0], 0, -1)
-    assert got.shape == expected.shape == (320, 384, 3)
+    assert got.shape == expected.shape == (192, 256, 3)
     diff = np.abs(got - expected)
     # equal up to float order, except where two reference patches nearly tie in the search
     assert np.mean(diff > 1e-4) < 0.005 and diff.max() < 0.01
@@ -170,7 +172,7 @@ def test_cli_grayscale_export(tmp_path, tiny_checkpoint):
     assert [str(c) for c in descr.inputs[0].axes[1].channel_names] == ["gray"]
     assert descr.license == "Apache-2.0" and descr.authors[0].name == "A. Person"
     test = np.load(zipfile.ZipFile(out).open("test_lr.npy"))
-    assert test.shape == (1, 1, 64, 64) and test.dtype == np.float32
+    assert test.shape == (1, 1, 64, 64) and test.dtype == np.float32  # the default test image
 
 
 def test_errors(tmp_path, tiny_checkpoint, tiny_package, monkeypatch, capsys):
@@ -183,7 +185,7 @@ def test_errors(tmp_path, tiny_checkpoint, tiny_package, monkeypatch, capsys):
                               test_images=(np.zeros((64, 64), np.float32), np.zeros((64, 64), np.float32)))
     with pytest.raises(RefSRError, match="smaller than the package's minimum"):
         zoo.export_bioimageio(tiny_checkpoint, tmp_path / "x.zip", channels=1,
-                              test_images=(np.zeros((32, 64), np.float32), np.zeros((64, 64), np.float32)))
+                              test_images=(np.zeros((16, 64), np.float32), np.zeros((64, 64), np.float32)))
     assert not (tmp_path / "x.zip").exists()
     assert main(["export-bioimageio", str(tiny_checkpoint), "-o", str(tmp_path / "y.zip"), "--test-image", "a.png"]) == 2
     assert "together" in capsys.readouterr().err
