@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,13 +33,28 @@ from ..model import DEFAULT_MODEL, load_model
 from ..pipeline import DEFAULT_TILE, MIN_TILE, UpscaleResult, upscale_nd
 from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
 
-__all__ = ["RefSRWidget", "BROWSE"]
+__all__ = ["RefSRWidget", "BROWSE", "announce_model"]
 
 log = logging.getLogger(__name__)
 
 BROWSE = "<browse>"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 NO_CHANNEL = -1
+
+_LIVE: "weakref.WeakSet[RefSRWidget]" = weakref.WeakSet()  # open upscale widgets
+_ANNOUNCED: list[str] = []  # checkpoints made in this session (fine-tune exports), newest first
+
+
+def announce_model(path: str | os.PathLike) -> None:
+    """A new checkpoint (a fine-tune's export) joins every upscale widget's model list now — and
+    selected there — and the list of widgets opened later."""
+    text = str(Path(path).expanduser())
+    if text in _ANNOUNCED:
+        _ANNOUNCED.remove(text)
+    _ANNOUNCED.insert(0, text)
+    for widget in list(_LIVE):
+        if not widget._closed:
+            widget.select_checkpoint(text)
 
 
 @dataclass
@@ -124,6 +140,7 @@ class RefSRWidget(Container):
         #: ``relay.progress(done, total, message)``: a Qt signal emitted in the worker thread
         self.relay = _Relay(self._on_progress)
         self._closed = False
+        _LIVE.add(self)
 
         self.image = ComboBox(label="Low-res image", choices=self._image_choices, nullable=True)
         self.references = Select(label="References", choices=self._reference_choices)
@@ -205,7 +222,7 @@ class RefSRWidget(Container):
         for name in weights.model_names():
             cached = weights.weights_path(name).is_file()
             items.append((name if cached else f"{name} (downloads on first use)", name))
-        paths = [Path(p) for p in self._extra_checkpoints] + weights.find_checkpoints()
+        paths = [Path(p) for p in self._extra_checkpoints + _ANNOUNCED] + weights.find_checkpoints()
         seen = set()
         for path in paths:
             if str(path) not in seen:
