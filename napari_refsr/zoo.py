@@ -76,7 +76,7 @@ def read_package(path: str | Path):
     """The napari-refsr weights of a bioimage.io package (zip or unpacked ``rdf.yaml``) as a
     :class:`~napari_refsr.weights.Checkpoint`; the package must have been exported by napari-refsr
     (its architecture is rebuilt from ``architecture.kwargs``)."""
-    from .weights import _from_export
+    from .weights.checkpoint import _from_export
     from .zoo_source import ENTRY_POINT
 
     path = Path(path)
@@ -253,7 +253,8 @@ def export_bioimageio(
     from pydantic import ValidationError
 
     from .archs.two_input import TwoInputSR
-    from .model import ARCHITECTURES, RefSRModel, load_model
+    from .archs.registry import architecture
+    from .model import RefSRModel, load_model
     from .normalize import check_image, intensity_window
     from .pipeline import upscale_detailed
     from .resize import resize_bicubic
@@ -266,7 +267,7 @@ def export_bioimageio(
         raise RefSRError(f"{output}: a bioimage.io package is a .zip file")
     model = source if isinstance(source, RefSRModel) else load_model(source, device="cpu")
     arch = model.config.get("arch", "ttsr")
-    config_cls, net_cls = ARCHITECTURES[arch]
+    config_cls, net_cls = architecture(arch).config_cls, architecture(arch).network_cls
     name = name or re.sub(r"[^A-Za-z0-9_+\- ()]", "-", f"napari-refsr {Path(model.name).stem}")
 
     hr = None

@@ -61,7 +61,7 @@ def test_architecture_source_runs_without_napari_refsr(tmp_path):
     from napari_refsr.zoo_source import architecture_source
 
     srntt_source = architecture_source(SRNTT, SRNTTConfig)  # the SRNTT closure assembles too
-    assert "class SRNTT(" in srntt_source and "class TTSR(" in srntt_source
+    assert "class SRNTT(" in srntt_source and "class LTE(" in srntt_source
     net = tiny_network(1)
     (tmp_path / "arch.py").write_text(architecture_source(TTSR, TTSRConfig))
     torch.save(TwoInputSR(net).state_dict(), tmp_path / "w.pt")
