@@ -122,6 +122,13 @@ def write_training_data(
     for path in out.values():
         if path.exists():
             shutil.rmtree(path)
+    out["train"].mkdir(parents=True)
+    if any(val is not None for _, _, val, _ in plan):
+        out["val"].mkdir()
+    if references:
+        out["refs"].mkdir()
+        if any(val is not None for _, _, val, _ in plan):
+            out["val_refs"].mkdir()
     for stem, train, val, ref in plan:
         write_image(out["train"] / f"{stem}.tif", train)
         if val is not None:
