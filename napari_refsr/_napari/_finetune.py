@@ -33,7 +33,7 @@ from .. import weights
 from ..errors import RefSRError
 from ..model import DEFAULT_MODEL, load_model
 from ._convert import COMPANION_KEY, layer_data, reference_data
-from ._widget import BROWSE, announce_model
+from ._widget import BROWSE, announce_model, model_choices
 
 __all__ = ["FineTuneWidget", "training_modules"]
 
@@ -202,11 +202,7 @@ class FineTuneWidget(Container):
         return [(layer.name, layer) for layer in self._images()]
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        items = [(name, name) for name in weights.model_names()]
-        for path in [Path(p) for p in self._extra_models] + weights.find_checkpoints():
-            if (str(path)) not in [v for _, v in items]:
-                items.append((f"{path.name} ({path.parent})", str(path)))
-        return items + [("Browse for a checkpoint…", BROWSE)]
+        return model_choices(self._extra_models)
 
     def _on_model_changed(self, value: str) -> None:
         if value != BROWSE:

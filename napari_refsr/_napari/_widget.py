@@ -31,7 +31,7 @@ from .. import DEFAULT_MODEL, DEFAULT_TILE, MIN_TILE, UpscaleResult, load_model,
 from ..errors import Cancelled, RefSRError
 from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
 
-__all__ = ["RefSRWidget", "BROWSE", "announce_model"]
+__all__ = ["RefSRWidget", "BROWSE", "announce_model", "model_choices"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,22 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
         log.exception("RefSR failed")
         return _Outcome("error", message=f"RefSR failed: {type(err).__name__}: {err}")
     return _Outcome("ok", result, model.name, int(model.scale), seconds=time.perf_counter() - start)
+
+
+def model_choices(extra: list[str]) -> list[tuple[str, str]]:
+    """(label, value) of every model a widget offers: registry models, the ``extra`` checkpoint
+    files, this session's announced ones, those in the models folders, then Browse."""
+    items: list[tuple[str, str]] = []
+    for name in weights.model_names():
+        cached = weights.weights_path(name).is_file()
+        items.append((name if cached else f"{name} (downloads on first use)", name))
+    seen = set()
+    for path in [Path(p) for p in list(extra) + _ANNOUNCED] + weights.find_checkpoints():
+        if str(path) not in seen:
+            seen.add(str(path))
+            items.append((f"{path.name} ({path.parent})", str(path)))
+    items.append(("Browse for a checkpoint…", BROWSE))
+    return items
 
 
 class _Relay(QObject):
@@ -216,18 +232,7 @@ class RefSRWidget(Container):
         return [("none: loop over the other axes", NO_CHANNEL)] + self._axis_choices()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        items: list[tuple[str, str]] = []
-        for name in weights.model_names():
-            cached = weights.weights_path(name).is_file()
-            items.append((name if cached else f"{name} (downloads on first use)", name))
-        paths = [Path(p) for p in self._extra_checkpoints + _ANNOUNCED] + weights.find_checkpoints()
-        seen = set()
-        for path in paths:
-            if str(path) not in seen:
-                seen.add(str(path))
-                items.append((f"{path.name} ({path.parent})", str(path)))
-        items.append(("Browse for a checkpoint…", BROWSE))
-        return items
+        return model_choices(self._extra_checkpoints)
 
     # ----------------------------------------------------------------------------- events
 

@@ -15,7 +15,6 @@ napari = pytest.importorskip("napari")
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 from skimage import data  # noqa: E402
 
 from napari_refsr._napari import _finetune, _widget  # noqa: E402
@@ -24,33 +23,6 @@ pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-refsr"
 RUN_TIMEOUT = 600_000  # ms; a child process imports torch and trains three tiny steps
-
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    from conftest import tiny_network
-
-    path = tmp_path / "tiny.pt"
-    torch.save(tiny_network(0).state_dict(), path)
-    return path
-
-
-@pytest.fixture
-def notes():
-    """(severity, message) of the notifications shown during the test."""
-    seen = []
-
-    def keep(event):
-        note = event.value if hasattr(event, "value") else event
-        seen.append((str(getattr(note, "severity", "")).lower(), str(note.message)))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
-
-
-def _errors(notes):
-    return [m for s, m in notes if s.endswith("error")]
 
 
 def _finetune_widget(viewer, tmp_path, checkpoint, *, steps=3):
@@ -79,8 +51,18 @@ def _wait(qtbot, widget, timeout=RUN_TIMEOUT):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
+def _start_long_run(viewer, qtbot, tmp_path, checkpoint):
+    """A 500-step run on two layers, once its first step is done."""
+    a, b, _ = _layers(viewer)
+    widget = _finetune_widget(viewer, tmp_path, checkpoint, steps=500)
+    widget.images.value = [a, b]
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.history["step"]) >= 1, timeout=RUN_TIMEOUT)
+    return widget
+
+
 def test_finetune_runs_plots_and_exports_into_the_upscale_widget(make_napari_viewer, qtbot, tmp_path,
-                                                                   tiny_checkpoint, notes):
+                                                                   tiny_checkpoint, errors):
     viewer = make_napari_viewer()
     a, b, held = _layers(viewer)
     _, upscaler = viewer.window.add_plugin_dock_widget(PLUGIN, "Reference super-resolution")
@@ -90,7 +72,7 @@ def test_finetune_runs_plots_and_exports_into_the_upscale_widget(make_napari_vie
     widget.start()
     assert widget.running and widget.stop_button.enabled and not widget.start_button.enabled
     _wait(qtbot, widget)
-    assert _errors(notes) == [], widget.status.value
+    assert errors == [], widget.status.value
     assert widget.last_outcome == "done", widget.status.value
     assert widget.history["step"] == [1, 2, 3]
     assert len(widget.history["psnr"]) == 2 and len(widget.history["psnr_bicubic"]) == 2  # start, end
@@ -119,21 +101,17 @@ def test_finetune_runs_plots_and_exports_into_the_upscale_widget(make_napari_vie
     widget.compare_on.value = held
     widget.before_after()
     qtbot.waitUntil(lambda: len(viewer.layers) == n + 3, timeout=120_000)
-    names = [layer.name for layer in viewer.layers][-3:]
-    assert names[0] == "held out ↓4 (input)" and names[1].startswith("held out before") \
-        and names[2].startswith("held out after")
+    lr_name, before_name, after_name = [layer.name for layer in viewer.layers][-3:]
+    assert lr_name == "held out ↓4 (input)"
+    assert before_name.startswith("held out before") and after_name.startswith("held out after")
     assert viewer.layers[-1].data.shape == (64, 64)
     assert set(widget.comparison) == {"bicubic", "before", "after"}
-    assert _errors(notes) == []
+    assert errors == []
 
 
-def test_stop_mid_run_then_resume(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint, notes):
+def test_stop_mid_run_then_resume(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint, errors):
     viewer = make_napari_viewer()
-    a, b, _ = _layers(viewer)
-    widget = _finetune_widget(viewer, tmp_path, tiny_checkpoint, steps=500)
-    widget.images.value = [a, b]
-    widget.start()
-    qtbot.waitUntil(lambda: len(widget.history["step"]) >= 1, timeout=RUN_TIMEOUT)
+    widget = _start_long_run(viewer, qtbot, tmp_path, tiny_checkpoint)
     widget.stop()
     _wait(qtbot, widget)
     assert widget.last_outcome == "stopped", widget.status.value
@@ -144,7 +122,7 @@ def test_stop_mid_run_then_resume(make_napari_viewer, qtbot, tmp_path, tiny_chec
     assert (tmp_path / "run" / "model.pt").is_file()
     # Start again is refused (the folder holds a run); Resume continues it to the new step count
     widget.start()
-    assert not widget.running and any("Resume" in m for m in _errors(notes))
+    assert not widget.running and any("Resume" in m for m in errors)
     widget.steps.value = stopped_at + 1
     widget.resume()
     _wait(qtbot, widget)
@@ -152,22 +130,18 @@ def test_stop_mid_run_then_resume(make_napari_viewer, qtbot, tmp_path, tiny_chec
     assert widget.history["step"][-1] == stopped_at + 1
 
 
-def test_killed_training_process_is_reported(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint, notes):
+def test_killed_training_process_is_reported(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint, errors):
     viewer = make_napari_viewer()
-    a, b, _ = _layers(viewer)
-    widget = _finetune_widget(viewer, tmp_path, tiny_checkpoint, steps=500)
-    widget.images.value = [a, b]
-    widget.start()
-    qtbot.waitUntil(lambda: len(widget.history["step"]) >= 1, timeout=RUN_TIMEOUT)
+    widget = _start_long_run(viewer, qtbot, tmp_path, tiny_checkpoint)
     os.kill(widget._job._process.pid, signal.SIGKILL)  # as the out-of-memory killer would
     _wait(qtbot, widget, timeout=60_000)
     assert widget.last_outcome == "crash"
-    assert any("ended unexpectedly" in m and "-9" in m for m in _errors(notes))
+    assert any("ended unexpectedly" in m and "-9" in m for m in errors)
     assert widget.start_button.enabled and viewer.layers  # napari is still up and usable
 
 
 @pytest.mark.parametrize("case", ["too small", "mixed channels", "no layers"])
-def test_bad_training_data_is_refused_before_start(make_napari_viewer, tmp_path, tiny_checkpoint, notes, case):
+def test_bad_training_data_is_refused_before_start(make_napari_viewer, tmp_path, tiny_checkpoint, errors, case):
     viewer = make_napari_viewer()
     widget = _finetune_widget(viewer, tmp_path, tiny_checkpoint)
     widget.crop.value = 64
@@ -183,6 +157,6 @@ def test_bad_training_data_is_refused_before_start(make_napari_viewer, tmp_path,
         expected = "at least one training image"
     widget.start()
     assert not widget.running
-    assert any(expected in m for m in _errors(notes)), notes
+    assert any(expected in m for m in errors), errors
     assert widget.status.value.startswith("error:")
     assert not (tmp_path / "run" / "data" / "train").exists()  # nothing written

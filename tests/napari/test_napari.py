@@ -17,7 +17,6 @@ napari = pytest.importorskip("napari")
 torch = pytest.importorskip("torch")
 
 from napari.layers import Image, Labels  # noqa: E402
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
@@ -51,21 +50,6 @@ def tiny_checkpoint(tmp_path) -> Path:
     path = tmp_path / "tiny.pt"
     torch.save(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))).state_dict(), path)
     return path
-
-
-@pytest.fixture
-def errors():
-    """Error notifications shown while the test runs."""
-    seen = []
-
-    def keep(event):
-        note = event.value if hasattr(event, "value") else event
-        if str(getattr(note, "severity", "")).lower().endswith("error"):
-            seen.append(str(note.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 def _widget_for(viewer):
