@@ -85,7 +85,7 @@ def test_finetune_runs_plots_and_exports_into_the_upscale_widget(make_napari_vie
     exported = tmp_path / "run" / "model.pt"
     assert widget.exported == exported and exported.is_file()
     # in the (already open) upscale widget's list, selected, and it runs
-    assert str(exported) in [v for _, v in upscaler.model.choices] and upscaler.model.value == str(exported)
+    assert str(exported) in upscaler.model.choices and upscaler.model.value == str(exported)
     lr = viewer.add_image(data.camera()[::4, ::4][:40, :40], name="small lr")
     upscaler.image.value = lr
     upscaler.references.value = [a]
