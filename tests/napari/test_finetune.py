@@ -5,8 +5,10 @@ stays up; bad data are refused before anything starts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import zipfile
 
 import numpy as np
 import pytest
@@ -17,7 +19,8 @@ pytest.importorskip("matplotlib")
 
 from skimage import data  # noqa: E402
 
-from napari_refsr._napari import _finetune, _widget  # noqa: E402
+from napari_refsr import zoo  # noqa: E402
+from napari_refsr._napari import _finetune  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -106,6 +109,11 @@ def test_finetune_runs_plots_and_exports_into_the_upscale_widget(make_napari_vie
     assert before_name.startswith("held out before") and after_name.startswith("held out after")
     assert viewer.layers[-1].data.shape == (64, 64)
     assert set(widget.comparison) == {"bicubic", "before", "after"}
+    if importlib.util.find_spec("bioimageio.spec") is not None:  # the bioimageio extra
+        widget.export_bioimageio()
+        package = tmp_path / "run" / "model.bioimageio.zip"
+        qtbot.waitUntil(lambda: widget._export_worker is None and package.is_file(), timeout=300_000)
+        assert zoo.is_package(package) and "gray" in zipfile.ZipFile(package).read("rdf.yaml").decode()
     assert errors == []
 
 
