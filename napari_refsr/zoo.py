@@ -334,14 +334,14 @@ def _describe(v0_5, d: Path, model, name: str, channels: int, authors, licence: 
     import bioimageio.spec
 
     names = ["r", "g", "b"] if channels == 3 else ["gray"]
-    space = {"y": "y", "x": "x"}
+    space = ("y", "x")
 
     def in_axes(size):
         return [v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
             v0_5.SpaceInputAxis(id=v0_5.AxisId(a), size=v0_5.ParameterizedSize(min=size[0], step=size[1]))
             for a in space]
 
-    def normalise(tensor: str):
+    def normalise():
         return [v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
                     axes=[v0_5.AxisId("channel"), v0_5.AxisId("y"), v0_5.AxisId("x")],
                     min_percentile=PERCENTILES[0], max_percentile=PERCENTILES[1])),
@@ -354,13 +354,13 @@ def _describe(v0_5, d: Path, model, name: str, channels: int, authors, licence: 
                                   axes=in_axes(LR_SIZE), test_tensor=v0_5.FileDescr(source=d / "test_lr.npy"),
                                   sample_tensor=v0_5.FileDescr(source=d / "sample_lr.tif"),
                                   data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                                  preprocessing=normalise("lr")),
+                                  preprocessing=normalise()),
             v0_5.InputTensorDescr(id=v0_5.TensorId("reference"), description="high-resolution reference image",
                                   axes=in_axes(REF_SIZE),
                                   test_tensor=v0_5.FileDescr(source=d / "test_reference.npy"),
                                   sample_tensor=v0_5.FileDescr(source=d / "sample_reference.tif"),
                                   data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                                  preprocessing=normalise("reference")),
+                                  preprocessing=normalise()),
         ]
         out_axes = [v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
             v0_5.SpaceOutputAxisWithHalo(id=v0_5.AxisId(a), scale=0.25, halo=HALO * 4,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from .. import weights
+from ..archs.registry import arch_of
 from ..errors import RefSRError
 from ..model import DEFAULT_MODEL, load_model
 from ._convert import COMPANION_KEY, layer_data, reference_data
@@ -81,7 +81,8 @@ def _compare(start: str, tuned: str, hr: np.ndarray, ref: np.ndarray) -> dict[st
     from ..pipeline import upscale
     from ..resize import resize_bicubic
 
-    _, ev = training_modules()[0], importlib.import_module("training.evaluate")
+    training_modules()  # makes the training package importable
+    ev = importlib.import_module("training.evaluate")
     hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
     lr = _bicubic_down(hr)
     before = upscale(load_model(start), lr, ref)
@@ -256,8 +257,18 @@ class FineTuneWidget(Container):
                 out.append(array_data.ArrayImage(path.stem, data, data.ndim == 3 and data.shape[-1] in (3, 4)))
         return out
 
+    @staticmethod
+    def _arch(model: str) -> str:
+        """The start model's architecture without loading it (a registry model may not be
+        downloaded yet: the training process fetches it, not the GUI thread)."""
+        spec = weights.REGISTRY.get(model)
+        if spec is not None and spec.config is not None:
+            return arch_of(spec.config)
+        path = weights.fetch(model) if spec is not None else Path(model)  # packaged: no download
+        return arch_of(weights.read_checkpoint(path).config)
+
     def _argv(self, data_overrides: dict, model: str, resume: bool) -> list[str]:
-        arch = load_model(model, device="cpu").arch
+        arch = self._arch(model)
         out = self.run_folder
         argv = ["--out", str(out), "--init", model, "--model", arch, "--rec-only", "--steps", str(self.steps.value),
                 "--batch", str(self.batch.value), "--device", str(self.device.value),
