@@ -33,7 +33,7 @@ from ..archs.registry import arch_of
 from ..errors import RefSRError
 from ..model import DEFAULT_MODEL, load_model
 from ._convert import COMPANION_KEY, layer_data, reference_data
-from ._widget import BROWSE, announce_model, model_choices
+from ._widget import BROWSE, announce_model, image_layers, model_choices
 
 __all__ = ["FineTuneWidget", "training_modules"]
 
@@ -195,12 +195,8 @@ class FineTuneWidget(Container):
         for w in self._advanced:
             w.visible = bool(on)
 
-    def _images(self) -> list[Image]:
-        return [layer for layer in self._viewer.layers
-                if isinstance(layer, Image) and COMPANION_KEY not in layer.metadata]
-
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._images()]
+        return [(layer.name, layer) for layer in image_layers(self._viewer)]
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         return model_choices(self._extra_models)

@@ -31,7 +31,7 @@ from .. import DEFAULT_MODEL, DEFAULT_TILE, MIN_TILE, UpscaleResult, load_model,
 from ..errors import Cancelled, RefSRError
 from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
 
-__all__ = ["RefSRWidget", "BROWSE", "announce_model", "model_choices"]
+__all__ = ["RefSRWidget", "BROWSE", "announce_model", "image_layers", "model_choices"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
         log.exception("RefSR failed")
         return _Outcome("error", message=f"RefSR failed: {type(err).__name__}: {err}")
     return _Outcome("ok", result, model.name, int(model.scale), seconds=time.perf_counter() - start)
+
+
+def image_layers(viewer) -> list[Image]:
+    """Image layers that can be an input or a reference (not our confidence/source maps)."""
+    return [layer for layer in viewer.layers if isinstance(layer, Image) and COMPANION_KEY not in layer.metadata]
 
 
 def model_choices(extra: list[str]) -> list[tuple[str, str]]:
@@ -195,9 +200,7 @@ class RefSRWidget(Container):
     # ----------------------------------------------------------------------------- choices
 
     def _images(self) -> list[Image]:
-        """Image layers that can be an input or a reference (not our confidence/source maps)."""
-        return [layer for layer in self._viewer.layers
-                if isinstance(layer, Image) and COMPANION_KEY not in layer.metadata]
+        return image_layers(self._viewer)
 
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._images()]
