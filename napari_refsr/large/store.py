@@ -24,11 +24,13 @@ import numpy as np
 import zarr
 
 from ..errors import RefSRError
+from .paths import ZARR_METADATA, is_zarr_path
 
-__all__ = ["Source", "open_image", "layout", "is_zarr_path", "write_ome_zarr", "open_levels", "ome_order",
+__all__ = ["Source", "open_image", "layout", "check_target", "write_ome_zarr", "open_levels",
+           "ome_order",
            "PYRAMID_MIN"]
 
-PYRAMID_MIN = 256  # the pyramid halves Y and X while the larger side stays at least this big
+PYRAMID_MIN = 128  # the pyramid halves Y and X while the larger side stays at least this big
 _OME = "tczyx"
 _TO_OME = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
 _UNIT_UM = {2: 25400.0, 3: 10000.0}  # TIFF resolution unit (inch, cm) in micrometres
@@ -43,14 +45,6 @@ class Source:
     scale: dict[str, float] = field(default_factory=dict)  # axis letter → pixel size
     units: dict[str, str] = field(default_factory=dict)  # axis letter → unit name
     path: str = ""
-
-
-def is_zarr_path(path: str | os.PathLike) -> bool:
-    """True for a ``.zarr`` name (OME-Zarr output or input) or a directory holding zarr metadata."""
-    p = Path(path)
-    if p.name.lower().endswith(".zarr"):
-        return True
-    return p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
 
 
 class _TiffArray:
@@ -167,6 +161,8 @@ def layout(source: Source, channels: str = "auto") -> tuple[tuple[int, int], int
         raise RefSRError(f"{source.path or 'the image'} has axes {axes!r}; RefSR needs one Y and one X axis")
     spatial = (axes.index("Y"), axes.index("X"))
     letters = [a for a in "SC" if a in axes]
+    if channels == "colour" and not letters:
+        raise RefSRError(f"{source.path or 'the image'} has axes {axes!r}, no C or S axis to take as colour")
     if not letters or channels == "separate":
         return spatial, None
     axis = axes.index(letters[0])
@@ -218,7 +214,8 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def check_target(path: Path, overwrite: bool = True) -> None:
+    """Fail now (one line) if an OME-Zarr cannot be written at ``path``."""
     if not path.name.lower().endswith(".zarr"):
         raise RefSRError(f"cannot write {path}: an out-of-core result is an OME-Zarr; name it *.ome.zarr")
     if not path.parent.is_dir():
@@ -226,7 +223,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise RefSRError(f"cannot write {path}: it exists (remove it or choose another name)")
-        if not path.is_dir() or not any((path / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs")):
+        if not path.is_dir() or not any((path / n).exists() for n in ZARR_METADATA):
             raise RefSRError(f"cannot write {path}: it exists and is not a zarr store; refusing to replace it")
 
 
@@ -247,7 +244,7 @@ def write_ome_zarr(image: da.Array, path: str | os.PathLike, axes: str, *, scale
     from .compute import run_tasks
 
     target = Path(path)
-    _check_target(target, overwrite)
+    check_target(target, overwrite)
     order, names = ome_order(axes)
     image = image.transpose(order)
     letters = [axes[i] for i in order]

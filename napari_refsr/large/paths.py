@@ -1,0 +1,18 @@
+"""Which paths are zarr stores (no dask or zarr needed: the CLI asks before the extra is loaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["is_zarr_path", "ZARR_METADATA"]
+
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """True for a ``.zarr`` name (OME-Zarr output or input) or a directory holding zarr metadata."""
+    p = Path(path)
+    if p.name.lower().endswith(".zarr"):
+        return True
+    return p.is_dir() and any((p / n).exists() for n in ZARR_METADATA)
