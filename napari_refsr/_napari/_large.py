@@ -15,6 +15,9 @@ from ..model import RefSRModel
 from ..pipeline import UpscaleResult
 from ._convert import LayerAxes, result_layers
 
+#: LR pixels per chunk along Y and X (the core's default; tests make it small)
+CHUNK = 512
+
 __all__ = ["is_out_of_core", "full_resolution", "store_path", "check_store", "upscale_to_store", "store_layers"]
 
 
@@ -47,7 +50,7 @@ def upscale_to_store(model: RefSRModel, data, refs: Sequence[Any], axes: LayerAx
 
     letters = large.axis_letters(axes.ndim, axes.spatial, axes.channel, axes.rgb, labels)
     return large.upscale_to_ome_zarr(model, data, [np.asarray(r) for r in refs], store, axes=letters,
-                                     spatial_axes=axes.spatial, channel_axis=axes.channel, tile=tile,
+                                     spatial_axes=axes.spatial, channel_axis=axes.channel, tile=tile, chunk=CHUNK,
                                      progress=progress, cancel=cancel, overwrite=True)
 
 
