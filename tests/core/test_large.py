@@ -25,7 +25,7 @@ pytest.importorskip("distributed")
 pytest.importorskip("ome_zarr")
 from napari_refsr import large  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TILE, OVERLAP, CHUNK = 32, 8, 40  # halo 35: 40-pixel chunks that do not divide the images
 RNG = np.random.default_rng(13)
 
