@@ -12,7 +12,13 @@ clock and CPU seconds (user + system, all threads) of the child. The model is a 
 is dominated by the fixed VGG texture extractor; the reference is small (``--ref``) to keep the
 search short. Prints a markdown table; ``--skip-inmem-above N`` skips the in-memory run above N.
 
+``--writer OUT`` measures the writing side alone at full scale, without the network: a lazily made
+OUT×OUT RGB uint8 array (a cheap pattern per chunk) goes through the real
+``napari_refsr.large.write_ome_zarr`` (chunks stored, then the ome-zarr-py pyramid, renamed into
+place), in its own process, with peak RSS and time.
+
     nice -n 19 python bench/large.py --sizes 512,1024,2048
+    nice -n 19 python bench/large.py --writer 32768
 """
 
 from __future__ import annotations
@@ -67,6 +73,24 @@ def run_child(argv: list[str], log: Path) -> tuple[float, float, float, int]:
     return time.perf_counter() - start, cpu, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
 
 
+def _pattern(block_id=None, *, chunk: int) -> np.ndarray:
+    """A (3, chunk, chunk) uint8 block with some texture, different per block."""
+    yy, xx = np.mgrid[0:chunk, 0:chunk]
+    base = ((yy * 7 + xx * 3 + 31 * block_id[1] + 17 * block_id[2]) % 251).astype(np.uint8)
+    return np.stack([base, base[::-1], base[:, ::-1]])
+
+
+def writer_child(out: Path, size: int, chunk: int) -> None:
+    """The body of the --writer measurement (runs in its own process)."""
+    import dask.array as da
+
+    from napari_refsr.large import write_ome_zarr
+
+    n = size // chunk
+    image = da.map_blocks(_pattern, dtype=np.uint8, chunks=((3,), (chunk,) * n, (chunk,) * n), chunk=chunk)
+    write_ome_zarr(image, out, "CYX", scale={"Y": 0.25, "X": 0.25}, workers=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="512,1024,2048", help="LR sizes (pixels per side), comma-separated")
@@ -78,10 +102,25 @@ def main() -> None:
     parser.add_argument("--skip-inmem-above", type=int, default=1 << 30)
     parser.add_argument("--modes", default="inmem,ooc")
     parser.add_argument("--folder", default=None, help="where inputs and outputs go (default: a temp dir)")
+    parser.add_argument("--writer", type=int, default=None, metavar="OUT", help="writer-only run at OUT² output")
+    parser.add_argument("--writer-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     folder = Path(args.folder or tempfile.mkdtemp(prefix="refsr-bench-large-"))
     folder.mkdir(parents=True, exist_ok=True)
+    if args.writer_child:
+        writer_child(folder / f"writer{args.writer_child}.ome.zarr", args.writer_child, 4 * args.chunk)
+        return
+    if args.writer:
+        out = folder / f"writer{args.writer}.ome.zarr"
+        argv = [sys.executable, __file__, "--writer-child", str(args.writer), "--folder", str(folder),
+                "--chunk", str(args.chunk)]
+        seconds, cpu, rss, status = run_child(argv, folder / f"writer{args.writer}.log")
+        gib = 3 * args.writer ** 2 / 2**30
+        print(f"| writer only | {args.writer}² RGB ({gib:.2f} GiB) | {seconds:.0f} s wall | {cpu:.0f} s CPU | "
+              f"peak RSS {rss:.0f} MiB | exit {status} |")
+        shutil.rmtree(out, ignore_errors=True)
+        return
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         ckpt, ref, lr = make_inputs(folder, size, args.ref, args.n_feats)

@@ -14,7 +14,7 @@ from .paths import is_zarr_path
 _EXPORTS = {
     "upscale_dask": "chunks", "DEFAULT_CHUNK": "chunks", "Job": "chunks",
     "scheduler": "compute", "run_tasks": "compute",
-    "upscale_to_ome_zarr": "run", "upscale_file": "run", "axis_letters": "run", "is_lazy": "run",
+    "upscale_to_ome_zarr": "run", "upscale_file": "run", "axis_letters": "run",
     "Source": "store", "open_image": "store", "open_levels": "store", "write_ome_zarr": "store",
     "check_target": "store", "layout": "store", "ome_order": "store",
     "whole_window": "window",

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -86,7 +85,7 @@ def _upscale_block(block: np.ndarray, job: Job, *, loop, spatial, channel, edges
                    block_id=None) -> np.ndarray:
     """One output chunk: the ×4 result of the block's core from the block with its halo."""
     up = job.upscaler()
-    (ya, xa), (iy, ix) = spatial, (block_id[spatial[0]], block_id[spatial[1]])
+    iy, ix = block_id[spatial[0]], block_id[spatial[1]]
     region = (edges[0][iy], edges[0][iy + 1], edges[1][ix], edges[1][ix + 1])
     origin = (region[0] - (depth[0] if iy > 0 else 0), region[2] - (depth[1] if ix > 0 else 0))
     order = _plane_order(loop, spatial, channel)

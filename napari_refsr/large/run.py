@@ -11,17 +11,15 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-import dask.array as da
 import torch
 
 from ..errors import RefSRError
 from ..model import RefSRModel
-from ..pipeline import DEFAULT_OVERLAP, DEFAULT_TILE
-from .chunks import DEFAULT_CHUNK, SCALE, upscale_dask
+from .chunks import SCALE, upscale_dask
 from .compute import scheduler
 from .store import check_target, layout, open_image, write_ome_zarr
 
-__all__ = ["upscale_to_ome_zarr", "upscale_file", "axis_letters", "is_lazy"]
+__all__ = ["upscale_to_ome_zarr", "upscale_file", "axis_letters"]
 
 
 def axis_letters(ndim: int, spatial: tuple[int, int], channel: int | None, rgb: bool = False,
@@ -58,31 +56,24 @@ def upscale_to_ome_zarr(
     output: str | os.PathLike,
     *,
     axes: str,
-    spatial_axes: tuple[int, int],
-    channel_axis: int | None = None,
     scale: dict[str, float] | None = None,
     units: dict[str, str] | None = None,
-    chunk: int = DEFAULT_CHUNK,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    device: str | None = None,
-    half: bool | None = None,
-    value_range: tuple[float, float] | None = None,
     client=None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     overwrite: bool = True,
+    **options,
 ) -> Path:
     """Upscale ``data`` (lazy: dask, zarr) ×4 into an OME-Zarr at ``output`` and return its path.
 
     ``axes`` names ``data``'s axes (T, C, Z, Y, X, S); ``scale``/``units`` give pixel sizes per axis
     letter (Y and X are divided by 4 in the output). ``client``: a ``distributed.Client``, or None
-    for the threaded scheduler with ``workers`` threads.
+    for the threaded scheduler with ``workers`` threads. ``options`` go to
+    :func:`~.chunks.upscale_dask` (``spatial_axes``, ``channel_axis``, ``chunk``, ``tile``, …).
     """
     check_target(Path(output), overwrite)
-    image = upscale_dask(model, data, refs, spatial_axes=spatial_axes, channel_axis=channel_axis, chunk=chunk,
-                         tile=tile, overlap=overlap, device=device, half=half, value_range=value_range)
+    image = upscale_dask(model, data, refs, **options)
     out_scale = dict(scale or {})
     for letter in "YX":
         out_scale[letter] = float(out_scale.get(letter, 1.0)) / SCALE
@@ -112,8 +103,3 @@ def upscale_file(
         return upscale_to_ome_zarr(model, source.data, refs, output, axes=source.axes, spatial_axes=spatial,
                                    channel_axis=channel, scale=source.scale, units=source.units, client=client,
                                    workers=workers, **options)
-
-
-def is_lazy(data) -> bool:
-    """True for data that should not be read into memory whole (dask or zarr arrays)."""
-    return isinstance(data, da.Array) or type(data).__module__.split(".")[0] in ("zarr", "dask")

@@ -16,7 +16,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import dask
 import dask.array as da
@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 
 from ..errors import RefSRError
-from .paths import ZARR_METADATA, is_zarr_path
+from .paths import ZARR_METADATA
 
 __all__ = ["Source", "open_image", "layout", "check_target", "write_ome_zarr", "open_levels",
            "ome_order",

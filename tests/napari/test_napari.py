@@ -89,6 +89,22 @@ def _wait_idle(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
+def _hold_after_first_step(widget):
+    """Hold the worker right after its first tile/chunk until ``go`` is set, so a test can click
+    Cancel with no race. Returns (first step done, go, the (done, total) steps seen)."""
+    first, go, seen = threading.Event(), threading.Event(), []
+
+    def in_worker(done, total, _message):
+        if total:
+            seen.append((done, total))
+            if done == 1:
+                first.set()
+                go.wait(30)
+
+    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    return first, go, seen
+
+
 def _footprint(layer, corner_lo, corner_hi):
     """World coordinates of the outer pixel edges (data coordinates ± 0.5)."""
     return np.asarray(layer.data_to_world(corner_lo)), np.asarray(layer.data_to_world(corner_hi))
@@ -204,17 +220,7 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     widget = _widget_for(viewer)
     _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
 
-    # Hold the worker right after its first tile until Cancel has been clicked (no race).
-    first_tile, go, seen = threading.Event(), threading.Event(), []
-
-    def in_worker(done, total, _message):
-        if total:
-            seen.append((done, total))
-            if done == 1:
-                first_tile.set()
-                go.wait(30)
-
-    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    first_tile, go, seen = _hold_after_first_step(widget)
     n_before = len(viewer.layers)
     widget.run_button.clicked()
     qtbot.waitUntil(first_tile.is_set, timeout=120_000)
@@ -506,16 +512,7 @@ def test_multiscale_layer_cancel_between_chunks_leaves_no_store(make_napari_view
     folder = tmp_path / "tmp"
     folder.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(folder))  # the store it names goes here
-    first, go, seen = threading.Event(), threading.Event(), []
-
-    def in_worker(done, total, _message):
-        if total:
-            seen.append((done, total))
-            if done == 1:
-                first.set()
-                go.wait(30)
-
-    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    first, go, seen = _hold_after_first_step(widget)
     n_before = len(viewer.layers)
     widget.run_button.clicked()
     qtbot.waitUntil(first.is_set, timeout=300_000)
