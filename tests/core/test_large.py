@@ -160,13 +160,20 @@ def test_tiff_to_ome_zarr_validates_reopens_and_equals_in_memory(tmp_path, model
     assert reopened.axes == "ZYX" and reopened.scale["Y"] == pytest.approx(1250.0)
 
 
-def test_cli_runs_out_of_core_and_one_line_errors(tmp_path, ckpt, stack, stack_expected, capsys):
+def test_cli_runs_out_of_core_with_a_bar_over_chunks_and_one_line_errors(tmp_path, ckpt, stack, capsys,
+                                                                         on_terminal):
     lr, ref = stack
     _write_tiff(tmp_path / "big.tif", lr)
     tifffile.imwrite(tmp_path / "ref.tif", ref)
     base = ["upscale", str(tmp_path / "big.tif"), str(tmp_path / "ref.tif"), "--model", str(ckpt),
-            "--device", "cpu", "--tile", str(TILE), "-q"]
-    assert main(base + ["-o", str(tmp_path / "out.ome.zarr"), "--chunk", str(CHUNK)]) == 0
+            "--device", "cpu", "--tile", str(TILE)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc, tty_text = on_terminal(lambda fd: subprocess.run(
+        [sys.executable, "-m", "napari_refsr", *base, "-o", str(tmp_path / "out.ome.zarr"), "--chunk", str(CHUNK)],
+        env=env, stderr=fd, stdout=subprocess.PIPE, timeout=600))
+    assert proc.returncode == 0, tty_text
+    assert "chunk" in tty_text and "8/8" in tty_text and "wrote" in tty_text, tty_text
+    base.append("-q")
     got = zarr.open_array(str(tmp_path / "out.ome.zarr" / "s0"), mode="r")[:]
     # the CLI uses the default overlap (16): compare with the same in memory
     want = napari_refsr.upscale_nd(napari_refsr.load_model(ckpt, device="cpu"), lr, ref, tile=TILE).image

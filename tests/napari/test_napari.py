@@ -522,3 +522,25 @@ def test_multiscale_layer_cancel_between_chunks_leaves_no_store(make_napari_view
     assert seen == [(1, 4)] and widget.status.value == "cancelled" and errors == []
     assert len(viewer.layers) == n_before
     assert list(folder.iterdir()) == []  # neither the named store nor its temporary parts
+
+
+def test_reader_opens_an_ome_zarr_lazily(make_napari_viewer, tmp_path):
+    da = pytest.importorskip("dask.array")
+    pytest.importorskip("ome_zarr")
+    from napari_refsr import large
+
+    rgb = (np.random.default_rng(7).random((3, 300, 260)) * 255).astype(np.uint8)
+    large.write_ome_zarr(da.from_array(rgb, chunks=(3, 128, 128)), tmp_path / "rgb.ome.zarr", "CYX",
+                         scale={"Y": 0.5, "X": 0.25}, units={"Y": "micrometer", "X": "micrometer"})
+    gray = da.from_array(rgb[:2], chunks=(1, 128, 128))
+    large.write_ome_zarr(gray, tmp_path / "zstack.ome.zarr", "ZYX", scale={"Z": 2.0, "Y": 0.5, "X": 0.5})
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "rgb.ome.zarr"), plugin=PLUGIN)
+    assert layer.multiscale and layer.rgb and [tuple(s) for s in layer.data.shapes] == [(300, 260, 3), (150, 130, 3)]
+    assert type(layer.data[0]).__module__.startswith("dask")  # nothing read until shown
+    np.testing.assert_allclose(layer.scale, [0.5, 0.25])
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), np.moveaxis(rgb, 0, -1))
+    [stack] = viewer.open(str(tmp_path / "zstack.ome.zarr"), plugin=PLUGIN)
+    assert stack.multiscale and not stack.rgb and stack.data.shape == (2, 300, 260)
+    np.testing.assert_allclose(stack.scale, [2.0, 0.5, 0.5])
+    assert tuple(stack.axis_labels) == ("z", "y", "x")
