@@ -53,6 +53,7 @@ class _Job:
     axes: LayerAxes
     store: Path | None = None  # out of core: the OME-Zarr the result goes to
     labels: tuple | None = None  # the layer's axis labels (OME-Zarr axis names)
+    scale: tuple = ()  # the layer's scale (the store's pixel sizes)
 
 
 @dataclass
@@ -78,7 +79,8 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
             raise Cancelled("cancelled")
         if job.store is not None:
             store = upscale_to_store(model, job.data, job.refs, job.axes, job.store, tile=job.tile,
-                                     labels=job.labels, progress=lambda d, t: report(d, t, f"chunk {d} of {t}"),
+                                     labels=job.labels, scale=job.scale,
+                                     progress=lambda d, t: report(d, t, f"chunk {d} of {t}"),
                                      cancel=cancel)
             return _Outcome("ok", None, model.name, int(model.scale), seconds=time.perf_counter() - start,
                             store=store)
@@ -330,7 +332,7 @@ class RefSRWidget(Container):
             raise RefSRError("choose a model or a checkpoint file")
         return _Job(model=model, device=self.device.value, half=self.precision.value == "float16",
                     tile=int(self.tile.value), data=data, refs=[reference_data(r, point) for r in refs],
-                    axes=axes, store=store, labels=tuple(layer.axis_labels))
+                    axes=axes, store=store, labels=tuple(layer.axis_labels), scale=tuple(layer.scale))
 
     def run(self, *_) -> None:
         """Start a run in a worker thread (ignored while one is running)."""

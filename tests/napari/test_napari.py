@@ -492,10 +492,18 @@ def test_dask_layer_runs_out_of_core_into_a_lazy_multiscale_layer(make_napari_vi
     expected = napari_refsr.upscale_nd(napari_refsr.load_model(tiny_checkpoint, device="cpu"), image,
                                        np.asarray(ref.data), tile=32).image
     np.testing.assert_array_equal(np.asarray(out.data[0]), expected)
+    assert _store_scale(store) == pytest.approx([0.125, 0.0625])  # the store keeps the pixel size ÷ 4
     lo_in, hi_in = _footprint(lr, (-0.5, -0.5), (75.5, 79.5))
     lo_out, hi_out = _footprint(out, (-0.5, -0.5), (303.5, 319.5))
     np.testing.assert_allclose(lo_out, lo_in, atol=1e-9)
     np.testing.assert_allclose(hi_out, hi_in, atol=1e-9)
+
+
+def _store_scale(store):
+    """Level 0's pixel size in an OME-Zarr store."""
+    from napari_refsr import large
+
+    return large.open_levels(store)[2][0]
 
 
 def test_multiscale_layer_cancel_between_chunks_leaves_no_store(make_napari_viewer, qtbot, tiny_checkpoint,
