@@ -38,6 +38,7 @@ import numpy as np
 
 from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
 from .errors import Cancelled, RefSRError
+from .large.paths import DEFAULT_CHUNK, is_zarr_path
 from .normalize import check_image
 
 PROG = "refsr"
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="threads (default), processes (a local dask cluster) or a dask scheduler address")
     big.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                      help="threads, or worker processes for --scheduler processes")
-    big.add_argument("--chunk", type=_positive_int, default=512, metavar="N",
+    big.add_argument("--chunk", type=_positive_int, default=DEFAULT_CHUNK, metavar="N",
                      help="LR pixels per chunk along Y and X (default: %(default)s)")
     big.add_argument("--channels", choices=("auto", "colour", "separate"), default="auto",
                      help="a C axis as RGB colour or as separate grayscale channels (default: %(default)s)")
@@ -182,8 +183,6 @@ class _Progress:
 
 
 def _out_of_core(args: argparse.Namespace) -> bool:
-    from .large.paths import is_zarr_path
-
     big = is_zarr_path(args.output) or is_zarr_path(args.lr) or args.scheduler is not None
     if big and not is_zarr_path(args.output):
         raise RefSRError(f"an out-of-core run writes OME-Zarr: name the output *.ome.zarr, not {args.output}")

@@ -11,12 +11,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..large.paths import DEFAULT_CHUNK
 from ..model import RefSRModel
 from ..pipeline import UpscaleResult
 from ._convert import LayerAxes, result_layers
 
 #: LR pixels per chunk along Y and X (the core's default; tests make it small)
-CHUNK = 512
+CHUNK = DEFAULT_CHUNK
 
 __all__ = ["is_out_of_core", "full_resolution", "store_path", "check_store", "upscale_to_store", "store_layers"]
 

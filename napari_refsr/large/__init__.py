@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import importlib
 
-from .paths import is_zarr_path
+from .paths import DEFAULT_CHUNK, is_zarr_path
 
 _EXPORTS = {
-    "upscale_dask": "chunks", "DEFAULT_CHUNK": "chunks", "Job": "chunks",
+    "upscale_dask": "chunks", "Job": "chunks",
     "scheduler": "compute", "run_tasks": "compute",
     "upscale_to_ome_zarr": "run", "upscale_file": "run", "axis_letters": "run",
     "Source": "store", "open_image": "store", "open_levels": "store", "write_ome_zarr": "store",
@@ -20,7 +20,7 @@ _EXPORTS = {
     "whole_window": "window",
 }
 
-__all__ = ["is_zarr_path", *_EXPORTS]
+__all__ = ["is_zarr_path", "DEFAULT_CHUNK", *_EXPORTS]
 
 
 def __getattr__(name: str):

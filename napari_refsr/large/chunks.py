@@ -24,11 +24,11 @@ from ..model import RefSRModel
 from ..normalize import DEFAULT_PERCENTILES, MIN_SIZE
 from ..pipeline import DEFAULT_OVERLAP, DEFAULT_TILE, RegionUpscaler, region_context, resolve_axes
 from ..search import DEFAULT_BUDGET
+from .paths import DEFAULT_CHUNK
 from .window import whole_window
 
 __all__ = ["upscale_dask", "Job", "DEFAULT_CHUNK", "ENCODED", "chunk_key"]
 
-DEFAULT_CHUNK = 512  # LR pixels per chunk along Y and X (the output chunk is 4× that)
 SCALE = 4
 
 #: how many times this process encoded each job's references (tests check "once per worker")

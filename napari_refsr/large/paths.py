@@ -1,12 +1,14 @@
-"""Which paths are zarr stores (no dask or zarr needed: the CLI asks before the extra is loaded)."""
+"""What the CLI needs before the extra is loaded (no dask or zarr here): which paths are zarr
+stores, and the default chunk size."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["is_zarr_path", "ZARR_METADATA"]
+__all__ = ["is_zarr_path", "ZARR_METADATA", "DEFAULT_CHUNK"]
 
+DEFAULT_CHUNK = 512  # LR pixels per chunk along Y and X (the output chunk is 4× that)
 ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
 
 
