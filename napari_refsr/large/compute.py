@@ -19,7 +19,7 @@ from dask.callbacks import Callback
 
 from ..errors import Cancelled, RefSRError
 
-__all__ = ["scheduler", "run_tasks"]
+__all__ = ["scheduler", "run_tasks", "local_run"]
 
 Progress = Callable[[int, int], None]
 
@@ -86,18 +86,27 @@ def _settle(client, futures, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def local_run(*, progress: Progress | None = None, cancel: Callable[[], bool] | None = None, keys=(),
+              workers: int | None = None) -> Iterator[None]:
+    """dask computations inside run on a thread pool of ``workers`` threads, with
+    ``progress(done, len(keys))`` as tasks among ``keys`` finish and ``cancel()`` checked between
+    tasks; on leaving (also after an error or a cancel) it waits until no task still runs."""
+    pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
+    try:
+        with dask.config.set(scheduler="threads", pool=pool), _Watch(set(keys), progress, cancel):
+            yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_tasks(tasks: Sequence, *, client=None, progress: Progress | None = None,
               cancel: Callable[[], bool] | None = None, workers: int | None = None) -> None:
     """Compute ``tasks`` (dask Delayed) with ``progress(done, len(tasks))`` after each one and
     ``cancel()`` checked between them; returns only when nothing of the run is still running."""
     if client is None:
-        pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
-        watch = _Watch({t.key for t in tasks}, progress, cancel)
-        try:
-            with watch:
-                dask.compute(*tasks, scheduler="threads", pool=pool)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        with local_run(progress=progress, cancel=cancel, keys=[t.key for t in tasks], workers=workers):
+            dask.compute(*tasks)
         return
     from distributed import as_completed
 

@@ -8,6 +8,7 @@ tifffile names them. OME-Zarr stores ``t, c, z, y, x`` (a subset, in that order)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -234,14 +235,15 @@ def write_ome_zarr(image: da.Array, path: str | os.PathLike, axes: str, *, scale
     """Write ``image`` (axis letters ``axes``) as an OME-Zarr with a multiscale pyramid at ``path``.
 
     First every chunk is computed and stored (``progress(done, total)`` over those chunks; ``cancel()``
-    checked between chunks), then ome-zarr-py writes the OME-Zarr with its pyramid from that store.
+    checked between chunks), then ome-zarr-py writes the OME-Zarr with its pyramid from that store
+    (``cancel()`` checked between its tasks on the threaded scheduler).
     Everything happens under temporary names next to ``path``, renamed into place when complete: a
     failed or cancelled run leaves nothing at ``path`` (and an existing store there untouched).
     """
     from ome_zarr.scale import Methods
     from ome_zarr.writer import write_image
 
-    from .compute import run_tasks
+    from .compute import local_run, run_tasks
 
     target = Path(path)
     check_target(target, overwrite)
@@ -268,7 +270,8 @@ def write_ome_zarr(image: da.Array, path: str | os.PathLike, axes: str, *, scale
         ome_units = {n: u for n, letter in zip(names, letters) if (u := (units or {}).get(letter)) and n != "c"}
         group = zarr.open_group(str(staged), mode="w")
         factors = _levels(image.shape, names, pyramid_min)
-        with warnings.catch_warnings():
+        here = local_run(cancel=cancel, workers=workers) if client is None else contextlib.nullcontext()
+        with here, warnings.catch_warnings():  # the pyramid: cancel between its tasks too
             warnings.simplefilter("ignore", UserWarning)
             write_image(s0, group, scale_factors=factors or None, method=Methods.LOCAL_MEAN, axes=list(names),
                         scale=ome_scale, axes_units=ome_units or None, name=name,

@@ -231,6 +231,21 @@ def test_cancel_between_chunks_leaves_no_store_and_keeps_the_old_one(tmp_path, m
     assert _no_leftovers(tmp_path) == []
 
 
+def test_cancel_while_the_pyramid_is_written_leaves_nothing(tmp_path):
+    image = da.from_array(np.arange(3 * 300 * 280, dtype=np.uint32).reshape(3, 300, 280) % 251, chunks=(1, 128, 128))
+    seen, asked_after = [], []
+
+    def cancel():  # False through the last chunk's own check, True from the pyramid's first task on
+        if seen and seen[-1][0] == seen[-1][1]:
+            asked_after.append(1)
+        return len(asked_after) > 1
+
+    with pytest.raises(Cancelled):  # every chunk stored, then cancelled inside ome-zarr-py's pyramid
+        large.write_ome_zarr(image.astype(np.uint8), tmp_path / "out.ome.zarr", "ZYX",
+                             progress=lambda d, t: seen.append((d, t)), cancel=cancel)
+    assert seen[-1] == (27, 27) and len(asked_after) == 2 and list(tmp_path.iterdir()) == []
+
+
 def test_failure_mid_run_leaves_nothing(tmp_path, model, stack, monkeypatch):
     from napari_refsr.pipeline import RegionUpscaler
 
