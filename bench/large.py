@@ -17,7 +17,7 @@ OUT×OUT RGB uint8 array (a cheap pattern per chunk) goes through the real
 ``napari_refsr.large.write_ome_zarr`` (chunks stored, then the ome-zarr-py pyramid, renamed into
 place), in its own process, with peak RSS and time.
 
-    nice -n 19 python bench/large.py --sizes 512,1024,2048
+    nice -n 19 python bench/large.py --sizes 512,1024,2048 --threads 1
     nice -n 19 python bench/large.py --writer 32768
 """
 
@@ -62,12 +62,14 @@ def make_inputs(folder: Path, size: int, ref_size: int, n_feats: int) -> tuple[P
     return ckpt, ref, lr
 
 
-def run_child(argv: list[str], log: Path) -> tuple[float, float, float, int]:
-    """(wall seconds, CPU seconds, peak RSS in MiB, exit status) of one command in its own process.
-    (CPU time includes worker threads; on a shared machine it is the steadier number.)"""
+def run_child(argv: list[str], log: Path, threads: int | None = None) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS in MiB, exit status) of one command in its own process,
+    with ``threads`` torch/OpenMP threads if given. (CPU time includes worker threads; on a shared
+    machine it is the steadier number.)"""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     start = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     cpu = usage.ru_utime + usage.ru_stime
     return time.perf_counter() - start, cpu, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
@@ -99,6 +101,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--workers", type=int, default=None, help="dask threads (default: the CLI's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (OMP_NUM_THREADS; 1 avoids spinning on a shared machine)")
     parser.add_argument("--skip-inmem-above", type=int, default=1 << 30)
     parser.add_argument("--modes", default="inmem,ooc")
     parser.add_argument("--folder", default=None, help="where inputs and outputs go (default: a temp dir)")
@@ -133,7 +137,7 @@ def main() -> None:
                     "--model", str(ckpt), "--device", "cpu", "--tile", str(args.tile), "-q"]
             if mode == "ooc":
                 argv += ["--chunk", str(args.chunk)] + (["--workers", str(args.workers)] if args.workers else [])
-            seconds, cpu, rss, status = run_child(argv, folder / f"{mode}{size}.log")
+            seconds, cpu, rss, status = run_child(argv, folder / f"{mode}{size}.log", args.threads)
             note = "ok" if status == 0 else f"exit {status}: " + (folder / f"{mode}{size}.log").read_text()[-200:]
             rows.append((size, mode, seconds, cpu, rss, note))
             print(f"# {size}² {mode}: {seconds:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MiB, {note}",
