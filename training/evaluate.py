@@ -226,6 +226,58 @@ def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref
     return summary
 
 
+def reference_figure(network: torch.nn.Module, item: EvalItem, path: str | Path, *, device="cpu",
+                     box: tuple[int, int, int, int] | None = None, zoom: int = 2) -> Path:
+    """What the reference adds, on one image: LR↑ (bicubic) / the output with the item's reference /
+    with the uninformative one (LR↑) / the confidence S with the real reference (black 0.5, white
+    1) / HR, over ``box`` (y, x, h, w in HR pixels; default: the whole image)."""
+    from training.plot import plot_panels
+
+    x = item.inputs()
+    with torch.no_grad():
+        network.eval()
+        real = network(x["lr"].to(device), x["lr_up"].to(device), [r.to(device) for r in x["ref"]],
+                       [r.to(device) for r in x["ref_down_up"]])
+        own = network(x["lr"].to(device), x["lr_up"].to(device), [x["lr_up"].to(device)],
+                      [_down_up_net(x["lr_up"], item.quantize).to(device)])
+    y0, x0, h, w = box or (0, 0, *item.hr.shape[-2:])
+
+    def pixels(t: torch.Tensor) -> np.ndarray:
+        v = ((t[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        return v[y0 : y0 + h, x0 : x0 + w]
+
+    s = torch.nn.functional.interpolate(real.S.float().cpu(), scale_factor=4, mode="nearest")[0, 0]
+    conf = ((s.clamp(0.5, 1) - 0.5) * 510).round().byte().numpy()[y0 : y0 + h, x0 : x0 + w]
+    panels = [("LR (bicubic)", pixels(x["lr_up"])), ("with the reference", pixels(real[0])),
+              ("with ref = LR (uninformative)", pixels(own[0])), ("confidence S (0.5..1)", conf),
+              ("HR (truth)", pixels(x["hr"]))]
+    return plot_panels(path, panels, zoom=zoom)
+
+
+def _figure(args: argparse.Namespace) -> None:
+    """``--figure``: :func:`reference_figure` for the command line's choices."""
+    from napari_refsr.devices import choose_device
+
+    if not args.model:
+        raise RefSRError("--figure needs a --model")
+    kind = next((k for k in args.refs if k != "uninformative"), "similar")
+    items = eval_items(args.data, ref_dir=args.ref_dir, crop=args.crop, reference=kind)
+    item = next((it for it in items if args.figure_image in (None, it.name)), None)
+    if item is None:
+        raise RefSRError(f"--figure-image {args.figure_image!r} is not one of {', '.join(i.name for i in items)}")
+    try:
+        box = tuple(int(v) for v in args.figure_box.split(",")) if args.figure_box else None
+    except ValueError:
+        box = None
+    if box is not None and len(box) != 4:
+        box = None
+    if args.figure_box and box is None:
+        raise RefSRError(f"--figure-box takes y,x,h,w (four integers), got {args.figure_box!r}")
+    dev = choose_device(args.device)
+    network, _ = load_network(args.model[0], dev)
+    print(f"wrote {reference_figure(network, item, args.figure, device=dev, box=box)}")
+
+
 def _fmt(value: float, digits: int) -> str:
     return "" if not isinstance(value, float) or math.isnan(value) else f"{value:.{digits}f}"
 
@@ -278,11 +330,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "and where it does not")
     parser.add_argument("--uninformative-ref", action="store_true",
                         help="also run every model with its own LR↑ as the reference (the value of the reference)")
+    parser.add_argument("--figure", default=None,
+                        help="also write a PNG of what the reference adds (first model, first --refs kind, "
+                             "--figure-image): LR↑ / with the reference / with ref = LR↑ / confidence / HR")
+    parser.add_argument("--figure-image", default=None, help="image name for --figure (default: the first)")
+    parser.add_argument("--figure-box", default=None, help="y,x,h,w region of the HR image for --figure")
     args = parser.parse_args(argv)
     try:
         run(args.model, args.data, levels=_levels(args.level), ref_dir=args.ref_dir, crop=args.crop,
             max_images=args.max_images, device=args.device, csv_path=args.csv,
             uninformative_ref=args.uninformative_ref, references=args.refs)
+        if args.figure:
+            _figure(args)
     except RefSRError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
