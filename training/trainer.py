@@ -98,7 +98,7 @@ class Trainer:
         if self.has_val and dist_ctx.main:
             self.val_items = eval_items(d["val"], level=d["val_level"], ref_dir=d["val_ref_dir"],
                                         crop=d["val_crop"], max_images=d["val_max_images"],
-                                        percentiles=tuple(d["percentiles"]))
+                                        percentiles=tuple(d["percentiles"]), reference=d["val_reference"])
 
     def _vgg_state(self, resume: dict | None):
         """VGG19 weights when the perceptual loss or a fresh network's extractor needs them."""
