@@ -89,6 +89,15 @@ def _resolve(source: str | Path | None, cache_dir, progress) -> tuple[Path, str]
     raise WeightsError(f"{source!r} is neither a checkpoint file nor a known model name ({known})")
 
 
+def _check_finite(state_dict: dict, path: Path) -> None:
+    """Refuse weights holding NaN/inf: they would give an all-black (or all-NaN) image, exit 0."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+        raise WeightsError(f"checkpoint {path} has NaN or infinite values in {shown}; the file is damaged "
+                           "or comes from a diverged training run")
+
+
 def load_model(
     source: str | Path | None = None,
     *,
@@ -110,6 +119,7 @@ def load_model(
         if cache and key in _CACHE:
             return _CACHE[key].to(dev, half)
     ckpt = weights.read_checkpoint(path)
+    _check_finite(ckpt.state_dict, path)
     network = build_network(ckpt.config)
     try:
         network.load_state_dict(ckpt.state_dict, strict=True)

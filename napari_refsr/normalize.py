@@ -54,14 +54,18 @@ def intensity_window(
         lo, hi = 0.0, 255.0
     else:
         lo, hi = (float(v) for v in np.percentile(image, percentiles))
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # float32 interpolation overflowed near ±3.4e38
+            lo, hi = (float(v) for v in np.percentile(image.astype(np.float64), percentiles))
     if not hi > lo:  # flat image: keep it flat instead of dividing by zero
         hi = lo + 1.0
     return lo, hi
 
 
 def to_unit(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Intensities → float32 in [0, 1] through the window (lo, hi), clipped."""
-    return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    """Intensities → float32 in [0, 1] through the window (lo, hi), clipped.
+
+    Computed in float64: for float32 data near its limit, ``hi - lo`` overflows float32."""
+    return np.clip((image.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass
@@ -109,7 +113,7 @@ def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4) -> np.ndarray:
     if prepared.quantize:
         values = np.clip(np.round(out * 255.0), 0, 255)
     else:
-        values = lo + out * (hi - lo)
+        values = lo + out.astype(np.float64) * (hi - lo)  # float64: (hi - lo) may exceed float32
     if prepared.alpha is not None:
         a = resize_bicubic(torch.from_numpy(prepared.alpha), (out.shape[0], out.shape[1])).clamp(0, 1).numpy()
         amax = 255.0 if prepared.dtype == np.uint8 else 65535.0 if prepared.dtype == np.uint16 else 1.0
@@ -123,4 +127,7 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.dtype(dtype).kind in "ui":
         info = np.iinfo(dtype)
         return np.clip(np.round(values), info.min, info.max).astype(dtype)
+    if np.dtype(dtype).kind == "f":  # rounding at the window's edge must not overflow to inf
+        info = np.finfo(dtype)
+        values = np.clip(values, info.min, info.max)
     return values.astype(dtype)
