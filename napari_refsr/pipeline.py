@@ -234,7 +234,7 @@ def upscale_nd(
     if arr.ndim < 2:
         raise RefSRError(f"image must have at least 2 dimensions, got shape {arr.shape}")
     if arr.size == 0:
-        raise RefSRError(f"image of shape {arr.shape} is empty")
+        raise RefSRError(f"image of shape {arr.shape} is empty (an axis of length 0): too small to upscale")
     nd = arr.ndim
     try:
         ya, xa = (a % nd for a in spatial_axes)
