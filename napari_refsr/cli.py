@@ -32,7 +32,9 @@ import numpy as np
 
 from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
 from .errors import Cancelled, RefSRError
-from .normalize import check_image
+from .normalize import MIN_SIZE, check_image
+from .paths import check_no_clash
+from .pipeline import MIN_REF
 
 PROG = "refsr"
 SCALE = 4
@@ -109,11 +111,11 @@ def _layout(meta: dict, ndim: int) -> tuple[tuple[int, int], int | None, str]:
     return (ndim - 2, ndim - 1), None, axes
 
 
-def _check_slices(array: np.ndarray, has_channels: bool, what: str) -> None:
+def _check_slices(array: np.ndarray, has_channels: bool, what: str, min_size: int = MIN_SIZE) -> None:
     """The core's image check on every 2D slice, naming the file (before any long work starts)."""
     plane = array.shape[-3:] if has_channels else array.shape[-2:]
     for image in array.reshape((-1,) + plane):
-        check_image(image, what)
+        check_image(image, what, min_size)
 
 
 def _read_reference(path: str) -> np.ndarray:
@@ -121,7 +123,7 @@ def _read_reference(path: str) -> np.ndarray:
     if meta.get("is_stack"):
         raise RefSRError(f"reference {path} is a stack of shape {ref.shape}; a reference must be one 2D image "
                          "(save the page you want as its own file)")
-    _check_slices(ref, ref.ndim == 3, f"reference {path}")
+    _check_slices(ref, ref.ndim == 3, f"reference {path}", MIN_REF)
     return ref
 
 
@@ -165,7 +167,19 @@ class _Progress:
             self.bar = None
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """No output may be an input or another output, however spelled (before anything is read)."""
+    inputs = [("the image LR", args.lr)] + [(f"reference {i}", p) for i, p in enumerate(args.refs, 1)]
+    if args.model and Path(args.model).expanduser().is_file():
+        inputs.append(("the model", Path(args.model).expanduser()))
+    outputs = [("the output -o", args.output)]
+    outputs += [("--confidence", args.confidence)] if args.confidence else []
+    outputs += [("--source", args.source)] if args.source else []
+    check_no_clash(inputs, outputs)
+
+
 def _cmd_upscale(args: argparse.Namespace) -> int:
+    _check_paths(args)
     show_bar = not args.quiet and sys.stderr.isatty()
     lr, meta = imageio.read_image_with_meta(args.lr)
     spatial, channel_axis, axes = _layout(meta, lr.ndim)

@@ -81,6 +81,12 @@ def _resolve(source: str | Path | None, cache_dir, progress) -> tuple[Path, str]
     path = Path(str(source)).expanduser()
     if path.is_file():
         return path, path.name
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a checkpoint file; give the .pt, .pth or .safetensors "
+                           f"file inside it")
+    if str(source) in weights.REGISTRY and str(source) not in weights.model_names():
+        raise WeightsError(f"{source!r} names {weights.REGISTRY[str(source)].description}, not a "
+                           f"super-resolution model; models: {', '.join(weights.model_names())}")
     if str(source) in weights.REGISTRY:
         return weights.fetch(str(source), cache_dir=cache_dir, progress=progress), str(source)
     if path.suffix or path.parent != Path("."):
