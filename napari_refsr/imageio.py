@@ -20,7 +20,6 @@ temporary file in the target directory that replaces the target only when comple
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import RefSRError
+from .tempfiles import make_temp
 from .weights import atomic_write
 
 __all__ = [
@@ -276,12 +276,10 @@ def check_writable(
     p = Path(path)
     _plan(p, tuple(int(s) for s in shape), np.dtype(dtype), meta)
     try:  # a real probe: permission bits say nothing for root, read-only mounts or quotas
-        probe_fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=p.parent)
+        make_temp(p).unlink()
     except OSError as err:
         raise RefSRError(f"cannot write {p}: the folder {p.parent} is not writable "
                          f"({err.strerror or err})") from None
-    os.close(probe_fd)
-    os.unlink(probe)
 
 
 def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None = None) -> Path:

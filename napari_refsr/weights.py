@@ -22,7 +22,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import pooch
 import torch
 
 from .errors import RefSRError, WeightsError
+from .tempfiles import make_temp, target_mode
 
 CACHE_ENV = "NAPARI_REFSR_CACHE"
 MODELS_ENV = "NAPARI_REFSR_MODELS"  # folders of local/exported checkpoints (os.pathsep-separated)
@@ -304,8 +304,8 @@ def _download(spec: WeightSpec, url: str, dest: Path, progress) -> None:
 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
+        tmp_name = make_temp(dest, ".part")
+        os.chmod(tmp_name, target_mode(dest))
     except OSError as exc:
         raise WeightsError(f"cannot write to the weights cache {dest.parent} ({exc.strerror or exc}); "
                            f"set {CACHE_ENV} to a writable folder") from exc
@@ -765,13 +765,15 @@ def save_checkpoint(
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename it into place:
     readers see the old file or the whole new one, never half a file. Exceptions propagate and
-    leave no temp file behind."""
+    leave no temp file behind; one left by a killed process is removed by the next write of the
+    same file (:mod:`.tempfiles`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    mode = target_mode(path)  # an existing file keeps its mode; a new one follows the umask
+    tmp_name = make_temp(path)
     try:
         with open(tmp_name, "wb") as f:  # a named file: some writers (tifffile) need f.name
+            os.chmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())
