@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import os
 import random
@@ -51,6 +52,7 @@ from napari_refsr import weights  # noqa: E402
 from napari_refsr.devices import choose_device  # noqa: E402
 from napari_refsr.errors import RefSRError  # noqa: E402
 from napari_refsr.model import build_network  # noqa: E402
+from napari_refsr.weights import atomic_write  # noqa: E402
 from training.checkpoints import (CheckpointManager, load_training_checkpoint, rng_state,  # noqa: E402
                                   set_rng_state)
 from training.config import ARCH_MODEL_KEYS, check_config, load_config, network_config, rec_only, set_key  # noqa: E402
@@ -59,6 +61,8 @@ from training.evaluate import evaluate_network  # noqa: E402
 from training.losses import (WGANGP, Discriminator, PerceptualLoss, TextureLoss,  # noqa: E402
                              TransferalPerceptualLoss, VGG19Features, load_vgg19_state, reconstruction_loss)
 from training.plot import plot_curves  # noqa: E402
+from training.resume import (apply_optimizer_settings, changed_settings, check_changes, describe,  # noqa: E402
+                             epoch_position, fresh_settings, latest_intact)
 
 __all__ = ["main", "Trainer", "export_model"]
 
@@ -170,16 +174,19 @@ def export_training_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
 
 
 class CsvLog:
-    """Append-only CSV with a header; on resume, rows after the resumed step are dropped."""
+    """Append-only CSV with a header; on resume, rows after the resumed step are dropped.
+
+    That rewrite is atomic (a kill during it leaves the old log, never an empty one)."""
 
     def __init__(self, path: Path, fields: Sequence[str], resume_step: int | None):
         self.path, self.fields = path, list(fields)
         rows = self.read() if path.exists() and resume_step is not None else []
         rows = [r for r in rows if _num(r.get("step")) <= resume_step] if resume_step is not None else []
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
     def read(self) -> list[dict]:
         with open(self.path, newline="") as f:
@@ -217,6 +224,11 @@ class Trainer:
         self.cfg = check_config(config)
         self.dist, self.device = dist_ctx, device
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.changes = {}  # settings that differ from the resumed checkpoint's (training/resume.py)
+        if resume is not None:
+            self.changes = changed_settings(resume["config"], self.cfg)
+            check_changes(self.changes, discriminator_restored=resume.get("discriminator") is not None
+                          and float(self.cfg["loss"]["adv"]) > 0)
         tr, d, lw, opt = self.cfg["train"], self.cfg["data"], self.cfg["loss"], self.cfg["optim"]
         self.out = Path(self.cfg["run"]["out"]).expanduser()
         if tr["threads"]:
@@ -321,7 +333,8 @@ class Trainer:
             self.train_log = CsvLog(self.out / "log.csv", LOG_FIELDS, keep)
             self.val_log = CsvLog(self.out / "val.csv", VAL_FIELDS, keep)
             self.tb = _tensorboard(self.out / "tb")
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+            config_text = yaml.safe_dump(self.cfg, sort_keys=False).encode()
+            atomic_write(self.out / "config.yaml", lambda f: f.write(config_text))
             self.ckpts.remove_partial()
 
     # -- construction / state -------------------------------------------------------------
@@ -372,13 +385,20 @@ class Trainer:
         }
 
     def _restore(self, s: dict) -> None:
+        fresh, fresh_d = fresh_settings(self.optimizer), fresh_settings(self.opt_d) if self.opt_d else None
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
+        if any(k.startswith("optim.") for k in self.changes):  # else the stored values, bit for bit
+            opt = self.cfg["optim"]
+            apply_optimizer_settings(self.optimizer, fresh, scheduler=self.scheduler,
+                                     step_size=max(1, int(opt["decay"])), gamma=float(opt["gamma"]))
         if s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
         if self.D is not None and s.get("discriminator") is not None:
             self.D.load_state_dict(s["discriminator"])
             self.opt_d.load_state_dict(s["optimizer_d"])
+            if any(k.startswith("optim.") for k in self.changes):
+                apply_optimizer_settings(self.opt_d, fresh_d)
         elif self.D is not None and self.dist.main:
             warnings.warn("the checkpoint has no discriminator (it was trained with loss.adv=0): "
                           "the adversarial loss starts with a fresh critic", UserWarning)
@@ -389,7 +409,11 @@ class Trainer:
         if len(rngs) != self.dist.world:
             warnings.warn(f"resuming a {len(rngs)}-process run with {self.dist.world} process(es): "
                           "the data order continues, random draws do not repeat exactly", UserWarning)
-            self.epoch_step = min(self.epoch_step * len(rngs) // self.dist.world, self.steps_per_epoch)
+        self.epoch_step, note = epoch_position(self.epoch_step, old_batch=int(s["config"]["train"]["batch"]),
+                                               old_world=len(rngs), batch=self.batch, world=self.dist.world,
+                                               steps_per_epoch=self.steps_per_epoch)
+        if self.dist.main and self.changes:
+            self.log(f"resume: applied {describe(self.changes)}" + (f"; {note}" if note else ""))
         set_rng_state(rngs[self.dist.rank % len(rngs)])
 
     def save(self, *, best: bool = False) -> None:
@@ -661,10 +685,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume or args.resume_from:
             if args.resume_from:
                 ckpt_path = Path(args.resume_from).expanduser()
-            else:
-                ckpt_path = CheckpointManager(Path(config["run"]["out"]).expanduser() / "checkpoints").latest()
-            if ckpt_path is not None:
                 resume = load_training_checkpoint(ckpt_path)
+            else:  # the newest checkpoint that reads (a crash can leave a damaged one)
+                folder = Path(config["run"]["out"]).expanduser() / "checkpoints"
+                ckpt_path, resume = latest_intact(CheckpointManager(folder).step_files(), load_training_checkpoint,
+                                                  lambda msg: print(msg, file=sys.stderr, flush=True))
+            if resume is not None:
                 stored = resume["model_config"].get("arch", "ttsr")
                 if args.model and args.model != stored:
                     raise RefSRError(f"{ckpt_path} is from a {stored} run; resume it with --model {stored} "
