@@ -6,6 +6,7 @@
           [--device D] [--half] [--confidence CONF.png] [--source SOURCE.tif] [--quiet]
     refsr weights list
     refsr weights fetch NAME
+    refsr weights pin NAME [SHA256]
 
 A multi-page TIFF LR is a stack: every page is upscaled against the same references and the result
 is a multi-page TIFF. Outputs keep the LR's dtype and channels; a TIFF's resolution is multiplied by
@@ -30,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
+from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, pins, upscale_nd, weights
 from .errors import Cancelled, RefSRError
 from .normalize import MIN_SIZE, check_image
 from .paths import check_no_clash
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("name", metavar="NAME")
     wf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     wf.set_defaults(func=_cmd_weights_fetch)
+    wp = wsub.add_parser("pin", help="pin the full sha256 of weights whose publisher gives only a prefix",
+                         description="Record the full sha256 of NAME in the weights cache (pins.json); every "
+                                     "later download or cached copy must match it. Without SHA256, the digest "
+                                     "of the verified file (downloaded now if needed) is recorded.")
+    wp.add_argument("name", metavar="NAME")
+    wp.add_argument("sha256", metavar="SHA256", nargs="?", help="the full 64-hex-digit sha256 to enforce")
+    wp.set_defaults(func=_cmd_weights_pin)
     return parser
 
 
@@ -240,6 +248,23 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
         state = "packaged" if r.get("packaged") else "cached" if r.get("cached") else "not downloaded"
         print(f"{r['name']:<{width}}  {state:<14}  {r.get('description', '')}")
         print(f"{'':<{width}}  {'':<14}  {r.get('path', '')}")
+        print(f"{'':<{width}}  {'':<14}  hash: {r.get('hash', '')}")
+    return EXIT_OK
+
+
+def _cmd_weights_pin(args: argparse.Namespace) -> int:
+    import pooch
+
+    spec = weights.get_spec(args.name)
+    if not spec.is_prefix_hash:
+        raise RefSRError(f"{args.name!r} is already checked against its full digest; nothing to pin")
+    path = weights.fetch(args.name, progress=sys.stderr.isatty())  # verified against the published prefix
+    actual = pooch.file_hash(str(path), alg="sha256")
+    digest = (args.sha256 or actual).strip().lower().removeprefix("sha256:")
+    if digest != actual:
+        raise RefSRError(f"{path} has sha256 {actual}, not the given {digest}; nothing was pinned")
+    where = pins.write_pin(weights.cache_dir(), args.name, digest)
+    print(f"{args.name}: sha256 {digest} pinned in {where}")
     return EXIT_OK
 
 

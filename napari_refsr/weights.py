@@ -17,6 +17,7 @@ TTSR names, which are ours: ``MainNet.*``, ``LTE.*``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ import pooch
 import torch
 
 from .errors import RefSRError, WeightsError
+from .pins import pinned_sha256
 from .tempfiles import make_temp, target_mode
 
 CACHE_ENV = "NAPARI_REFSR_CACHE"
@@ -236,6 +238,7 @@ def fetch(
                     f"expected {_describe_hash(spec.hash)}; the installation is damaged, reinstall "
                     f"napari-refsr")
             return packaged
+    spec = _with_pin(spec, _cache_dir(cache_dir))
     url = download_url(spec, base_url)
     if url is None:
         raise WeightsError(f"packaged weights for {name!r} are missing ({_PACKAGE_DIR / spec.packaged}) "
@@ -257,6 +260,27 @@ def fetch(
     return dest
 
 
+def _with_pin(spec: WeightSpec, folder: Path) -> WeightSpec:
+    """``spec`` checked against the user's pinned full sha256 when its published hash is a prefix."""
+    if not spec.is_prefix_hash or _alg(spec.hash) != "sha256":
+        return spec
+    pin = pinned_sha256(spec.name, _parse_hash(spec.hash)[1], folder)
+    return spec if pin is None else dataclasses.replace(spec, hash=f"sha256:{pin[0]}")
+
+
+def hash_note(name: str, *, cache_dir: str | os.PathLike | None = None) -> str:
+    """How the file of ``name`` is verified, in words (``refsr weights list``)."""
+    spec = get_spec(name)
+    alg, hexdigest = _parse_hash(spec.hash)
+    if not spec.is_prefix_hash:
+        return f"{alg} {hexdigest[:12]}… (full digest)"
+    pin = pinned_sha256(name, hexdigest, _cache_dir(cache_dir)) if alg == "sha256" else None
+    if pin is not None:
+        return f"sha256 {pin[0][:12]}… (full digest pinned in {pin[1]})"
+    return (f"{alg} prefix {hexdigest} only ({4 * len(hexdigest)} bits, all the publisher gives); "
+            f"pin the full digest: refsr weights pin {name}")
+
+
 def model_names() -> list[str]:
     """Registry names of super-resolution models, in registry order (``vgg19`` and other
     feature-extractor weights used only by training are left out)."""
@@ -272,7 +296,7 @@ def list_weights(*, cache_dir: str | os.PathLike | None = None) -> list[dict]:
         packaged = spec.packaged is not None and path == _PACKAGE_DIR / spec.packaged
         rows.append({"name": name, "description": spec.description, "cached": path.is_file(),
                      "packaged": packaged, "path": str(path), "format": spec.format, "url": spec.url,
-                     "licence": spec.licence})
+                     "licence": spec.licence, "hash": hash_note(name, cache_dir=cache_dir)})
     return rows
 
 
