@@ -15,6 +15,7 @@ import torch
 
 from . import weights
 from .archs.srntt import SRNTT, SRNTTConfig
+from .archs.guard import expected_shapes
 from .archs.ttsr import TTSR, TTSRConfig
 from .devices import choose_device
 from .errors import RefSRError, WeightsError
@@ -34,12 +35,30 @@ def build_network(config: dict) -> torch.nn.Module:
     if arch not in ARCHITECTURES:
         raise RefSRError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     config_cls, net_cls = ARCHITECTURES[arch]
+    expected_shapes(config_cls, net_cls, config)  # bounds and size, before anything is allocated
     names = set(config_cls.__dataclass_fields__)
     try:
         cfg = config_cls(**{k: v for k, v in config.items() if k in names})
     except (TypeError, ValueError) as err:
         raise RefSRError(f"invalid {arch} architecture config {config}: {err}") from err
     return net_cls(cfg)
+
+
+def check_tensors(config: dict, state_dict: dict, what: str) -> None:
+    """The file's tensors against the architecture's keys and shapes (from a meta build): a
+    one-line WeightsError before the real network is built."""
+    config_cls, net_cls = ARCHITECTURES[config.get("arch", "ttsr")]
+    expected = expected_shapes(config_cls, net_cls, config)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {expected[k]}" for k in expected
+             if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = [f"missing {len(missing)} keys ({', '.join(missing[:3])})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])})"] if unexpected else []
+        parts += [f"{len(wrong)} wrong shapes ({', '.join(wrong[:2])})"] if wrong else []
+        raise WeightsError(f"checkpoint {what} does not fit the {net_cls.__name__} architecture {config}: "
+                           + "; ".join(parts))
 
 
 @dataclass
@@ -126,6 +145,8 @@ def load_model(
             return _CACHE[key].to(dev, half)
     ckpt = weights.read_checkpoint(path)
     _check_finite(ckpt.state_dict, path)
+    if ckpt.config.get("arch", "ttsr") in ARCHITECTURES:
+        check_tensors(ckpt.config, ckpt.state_dict, str(path))
     network = build_network(ckpt.config)
     try:
         network.load_state_dict(ckpt.state_dict, strict=True)

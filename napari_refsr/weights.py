@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -586,8 +585,10 @@ def _from_export(state: Any, config: Any, meta: Any) -> Checkpoint:
     sd = _tensor_dict(state)
     config = dict(config)
     if config["arch"] == "ttsr":
+        from .archs.guard import check_fields
         from .archs.ttsr import TTSRConfig
 
+        check_fields(TTSRConfig, config)  # n_feats 8.0 or 20000: refused before anything is built
         try:
             config = TTSRConfig(**config).to_dict()
         except (TypeError, ValueError) as exc:
@@ -625,22 +626,12 @@ def infer_ttsr_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
         raise WeightsError(f"TTSR weights with an impossible shape ({exc})") from None
 
 
-@functools.lru_cache(maxsize=8)
-def _ttsr_shapes(n_feats: int, num_res_blocks: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Key → shape of a TTSR state dict, from one throw-away CPU build per config.
-
-    (The meta device would avoid the allocation, but its first use costs seconds of imports.)
-    """
-    from .archs.ttsr import TTSR, TTSRConfig
-
-    with torch.no_grad():
-        net = TTSR(TTSRConfig(n_feats=n_feats, num_res_blocks=num_res_blocks))
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
-
-
 def _validate_ttsr(sd: Mapping[str, torch.Tensor], config: dict, fmt: str) -> None:
     """Check keys and shapes against a TTSR of ``config`` for a one-line error naming the problem."""
-    expected = _ttsr_shapes(int(config["n_feats"]), tuple(config["num_res_blocks"]))
+    from .archs.guard import expected_shapes
+    from .archs.ttsr import TTSR, TTSRConfig
+
+    expected = expected_shapes(TTSRConfig, TTSR, config)  # bounds first; shapes from a meta build
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [f"{k} {tuple(sd[k].shape)} vs {expected[k]}" for k in expected

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .. import search as ts
 from ..errors import RefSRError, WeightsError
+from .guard import expected_shapes
 from .ttsr import LTE, TTSR, ReferenceBank, ResBlock, conv3x3, run
 
 __all__ = ["SRNTTConfig", "SRNTT", "SRNTTOutput", "convert_srntt_pytorch", "convert_srntt_pytorch_file"]
@@ -293,6 +294,7 @@ def convert_srntt_pytorch(
     except (KeyError, RuntimeError) as exc:
         raise WeightsError(f"the VGG19 weights are not a torchvision VGG19 state dict ({exc})") from None
     out.update({f"vgg.{k}": v for k, v in vgg.state_dict().items()})
+    expected_shapes(SRNTTConfig, SRNTT, config.to_dict())  # bounds and size before allocating
     net = SRNTT(config)
     try:
         net.load_state_dict(out, strict=True)
