@@ -22,9 +22,8 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 try:
-    from napari_refsr import DEFAULT_MODEL, DEFAULT_TILE, RefSRError, RefSRModel, load_model, upscale_nd, weights
-    from napari_refsr.pipeline import MIN_TILE
-    from napari_refsr.search import DEFAULT_BUDGET
+    from napari_refsr import (DEFAULT_MODEL, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE, RefSRError, RefSRModel,
+                              WeightsError, load_model, upscale_nd, weights)
 except ImportError as _err:  # the core is a separate install into ComfyUI's Python
     raise ImportError(
         f"the RefSR nodes need the napari-refsr core in ComfyUI's Python ({_err}); install it with "
@@ -101,16 +100,15 @@ class LoadRefSRModel(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
         _register_folder()
-        path = None
-        if model_name.lower().endswith(weights.CHECKPOINT_SUFFIXES):
-            path = folder_paths.get_full_path(FOLDER, model_name)
-        if path is None and model_name in weights.REGISTRY:
-            path = weights.fetch(model_name, cache_dir=_download_dir())  # WeightsError says what to do offline
-        if path is None:
-            folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
-            raise RefSRError(f"RefSR model {model_name!r} not found in {folders}; put the checkpoint "
+        folders = folder_paths.get_folder_paths(FOLDER)
+        try:  # a download's WeightsError says what to do offline
+            path = weights.resolve(model_name, search_dirs=folders, cache_dir=_download_dir())
+        except WeightsError:
+            if model_name in weights.REGISTRY:
+                raise
+            raise RefSRError(f"RefSR model {model_name!r} not found in {', '.join(folders)}; put the checkpoint "
                              f"(.pt, .pth or .safetensors) there, or choose a registry model "
-                             f"({', '.join(_registry_models())})")
+                             f"({', '.join(_registry_models())})") from None
         return io.NodeOutput(load_model(path, device="cpu"))
 
 
@@ -130,7 +128,7 @@ def _memory_estimate(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], 
     weights_bytes = sum(p.numel() * p.element_size() for p in model.network.parameters())
     ref_pixels = sum(r.shape[0] * r.shape[1] for r in refs)
     tile_pixels = min(tile, lr.shape[1]) * min(tile, lr.shape[2]) * 16
-    return int(weights_bytes + ref_pixels * 112 * 4 * 2 + tile_pixels * 64 * 4 * 8 + DEFAULT_BUDGET)
+    return int(weights_bytes + ref_pixels * 112 * 4 * 2 + tile_pixels * 64 * 4 * 8 + DEFAULT_SEARCH_BUDGET)
 
 
 class RefSRUpscale(io.ComfyNode):

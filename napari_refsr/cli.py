@@ -31,11 +31,12 @@ from typing import Sequence
 
 import numpy as np
 
-from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, pins, upscale_nd, weights
+from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
 from .errors import Cancelled, RefSRError
 from .normalize import MIN_SIZE, check_image
 from .paths import check_no_clash
 from .pipeline import MIN_REF
+from .weights import pins
 
 PROG = "refsr"
 SCALE = 4

@@ -27,8 +27,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import RefSRError
+from .files import atomic_write
 from .tempfiles import make_temp
-from .weights import atomic_write
 
 __all__ = [
     "read_image",

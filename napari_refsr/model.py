@@ -14,51 +14,14 @@ from pathlib import Path
 import torch
 
 from . import weights
-from .archs.srntt import SRNTT, SRNTTConfig
-from .archs.guard import expected_shapes
-from .archs.ttsr import TTSR, TTSRConfig
+from .archs.convert import load_strict
+from .archs.registry import arch_of, build_network
 from .devices import choose_device
-from .errors import RefSRError, WeightsError
+from .errors import WeightsError
 
-__all__ = ["RefSRModel", "load_model", "build_network", "ARCHITECTURES", "DEFAULT_MODEL"]
+__all__ = ["RefSRModel", "load_model", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "refsr-compact"  # shipped in the package: works offline (docs/model-card.md)
-
-# arch name → (config class, network class); every network offers encode_references/forward_bank
-ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
-    "ttsr": (TTSRConfig, TTSR), "srntt": (SRNTTConfig, SRNTT)}
-
-
-def build_network(config: dict) -> torch.nn.Module:
-    """An untrained network of the architecture described by ``config`` (``config["arch"]``)."""
-    arch = config.get("arch", "ttsr")
-    if arch not in ARCHITECTURES:
-        raise RefSRError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    config_cls, net_cls = ARCHITECTURES[arch]
-    expected_shapes(config_cls, net_cls, config)  # bounds and size, before anything is allocated
-    names = set(config_cls.__dataclass_fields__)
-    try:
-        cfg = config_cls(**{k: v for k, v in config.items() if k in names})
-    except (TypeError, ValueError) as err:
-        raise RefSRError(f"invalid {arch} architecture config {config}: {err}") from err
-    return net_cls(cfg)
-
-
-def check_tensors(config: dict, state_dict: dict, what: str) -> None:
-    """The file's tensors against the architecture's keys and shapes (from a meta build): a
-    one-line WeightsError before the real network is built."""
-    config_cls, net_cls = ARCHITECTURES[config.get("arch", "ttsr")]
-    expected = expected_shapes(config_cls, net_cls, config)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {expected[k]}" for k in expected
-             if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)} keys ({', '.join(missing[:3])})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])})"] if unexpected else []
-        parts += [f"{len(wrong)} wrong shapes ({', '.join(wrong[:2])})"] if wrong else []
-        raise WeightsError(f"checkpoint {what} does not fit the {net_cls.__name__} architecture {config}: "
-                           + "; ".join(parts))
 
 
 @dataclass
@@ -75,7 +38,7 @@ class RefSRModel:
 
     @property
     def arch(self) -> str:
-        return self.config.get("arch", "ttsr")
+        return arch_of(self.config)
 
     def to(self, device: str | torch.device = "auto", half: bool | None = None) -> "RefSRModel":
         """Move the network (in place) to ``device``; fp16 only where it helps (CUDA)."""
@@ -95,23 +58,15 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _resolve(source: str | Path | None, cache_dir, progress) -> tuple[Path, str]:
+    """(file, display name): registry models are named by their name, files by their file name."""
     if source is None or source == "":
         source = DEFAULT_MODEL
-    path = Path(str(source)).expanduser()
-    if path.is_file():
-        return path, path.name
-    if path.is_dir():
-        raise WeightsError(f"{path} is a folder, not a checkpoint file; give the .pt, .pth or .safetensors "
-                           f"file inside it")
-    if str(source) in weights.REGISTRY and str(source) not in weights.model_names():
-        raise WeightsError(f"{source!r} names {weights.REGISTRY[str(source)].description}, not a "
-                           f"super-resolution model; models: {', '.join(weights.model_names())}")
-    if str(source) in weights.REGISTRY:
-        return weights.fetch(str(source), cache_dir=cache_dir, progress=progress), str(source)
-    if path.suffix or path.parent != Path("."):
-        raise WeightsError(f"checkpoint file not found: {path}")
-    known = ", ".join(sorted(weights.REGISTRY))
-    raise WeightsError(f"{source!r} is neither a checkpoint file nor a known model name ({known})")
+    text = str(source)
+    if text in weights.REGISTRY and text not in weights.model_names() and not Path(text).expanduser().is_file():
+        raise WeightsError(f"{text!r} names {weights.REGISTRY[text].description}, not a super-resolution "
+                           f"model; models: {', '.join(weights.model_names())}")
+    path = weights.resolve(source, cache_dir=cache_dir, progress=progress)
+    return path, path.name if Path(text).expanduser().is_file() else text
 
 
 def _check_finite(state_dict: dict, path: Path) -> None:
@@ -145,16 +100,9 @@ def load_model(
             return _CACHE[key].to(dev, half)
     ckpt = weights.read_checkpoint(path)
     _check_finite(ckpt.state_dict, path)
-    if ckpt.config.get("arch", "ttsr") in ARCHITECTURES:
-        check_tensors(ckpt.config, ckpt.state_dict, str(path))
     network = build_network(ckpt.config)
-    try:
-        network.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3])
-        raise WeightsError(f"checkpoint {path} does not fit the {ckpt.config.get('arch', 'ttsr')} "
-                           f"architecture {ckpt.config}: {detail[:300]}") from err
+    load_strict(network, ckpt.state_dict,
+                f"checkpoint {path} does not fit the {arch_of(ckpt.config)} architecture {ckpt.config}")
     network.eval().requires_grad_(False)
     model = RefSRModel(network, dict(ckpt.config), name, meta=dict(ckpt.meta or {})).to(dev, half)
     if cache:

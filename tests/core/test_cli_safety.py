@@ -146,7 +146,7 @@ def test_a_tiny_reference_is_told_the_real_minimum(files, capsys):
 
 
 def test_load_model_of_a_folder_says_folder(tmp_path):
-    with pytest.raises(napari_refsr.RefSRError, match="is a folder, not a checkpoint file"):
+    with pytest.raises(napari_refsr.RefSRError, match="is a folder, not a file"):
         napari_refsr.load_model(tmp_path, device="cpu")
 
 

@@ -91,7 +91,7 @@ def test_cli_outputs_follow_the_umask(tmp_path, tiny_checkpoint):
 
 _SLOW_WRITER = textwrap.dedent("""
     import sys, time
-    from napari_refsr.weights import atomic_write
+    from napari_refsr.files import atomic_write
 
     def write(f):
         f.write(b"half an image")

@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from napari_refsr import cli, pins, weights
+from napari_refsr import cli, weights
+from napari_refsr.weights import pins
 from napari_refsr.errors import WeightsError
 
 DATA = b"pretend weights " * 64

@@ -55,7 +55,7 @@ def _rows(path: Path) -> list[dict]:
 
 _REWRITER = textwrap.dedent("""
     import sys
-    from training.train import CsvLog, LOG_FIELDS
+    from training.logs import CsvLog, LOG_FIELDS
 
     print("ready", flush=True)
     while True:  # what every resume does to log.csv: read it, keep the rows up to the step, rewrite
@@ -66,7 +66,7 @@ _REWRITER = textwrap.dedent("""
 def test_a_kill_while_the_log_is_rewritten_at_resume_never_loses_it(tmp_path):
     """kill -9 exactly while the log is being rewritten (seen from outside: the log shrank, or a
     temp file for it exists): the log must still hold every row, and the next resume cleans up."""
-    from training.train import LOG_FIELDS, CsvLog
+    from training.logs import LOG_FIELDS, CsvLog
 
     log = tmp_path / "log.csv"
     n = 20000

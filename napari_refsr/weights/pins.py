@@ -8,19 +8,24 @@ purpose. A pin supplies the full digest, which :func:`napari_refsr.weights.fetch
 * ``<weights cache>/pins.json``, written by ``refsr weights pin NAME [SHA256]`` (trust on first
   use: without a digest, the full sha256 of the verified downloaded file is recorded).
 
-The environment wins over the file. A pin must agree with the published prefix.
+The environment wins over the file. A pin must agree with the published prefix. :func:`with_pin` is what ``fetch`` checks against;
+:func:`hash_note` says it in words for ``refsr weights list``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from pathlib import Path
 
-from .errors import WeightsError
+from ..errors import WeightsError
+from ..files import atomic_write
+from .hashes import digest_len, parse_hash
+from .registry import WeightSpec
 
-__all__ = ["PINS_ENV", "PINS_FILE", "pinned_sha256", "write_pin", "read_pins"]
+__all__ = ["PINS_ENV", "PINS_FILE", "pinned_sha256", "write_pin", "read_pins", "with_pin", "hash_note"]
 
 PINS_ENV = "NAPARI_REFSR_SHA256"
 PINS_FILE = "pins.json"
@@ -76,9 +81,32 @@ def pinned_sha256(name: str, published_hex: str, folder: Path) -> tuple[str, str
 
 def write_pin(folder: Path, name: str, digest: str) -> Path:
     """Record ``digest`` for ``name`` in ``folder/pins.json`` (atomically; other pins kept)."""
-    from .weights import atomic_write
-
     pins = read_pins(folder)
     pins[name] = _checked(name, digest, "the argument")
     text = json.dumps(dict(sorted(pins.items())), indent=2) + "\n"
     return atomic_write(Path(folder) / PINS_FILE, lambda f: f.write(text.encode()))
+
+
+def _is_sha256_prefix(spec: WeightSpec) -> bool:
+    alg, hexdigest = parse_hash(spec.hash)
+    return alg == "sha256" and len(hexdigest) < digest_len(alg)
+
+
+def with_pin(spec: WeightSpec, folder: Path) -> WeightSpec:
+    """``spec`` to check against the pinned full sha256, when its published hash is a prefix."""
+    if not _is_sha256_prefix(spec):
+        return spec
+    pin = pinned_sha256(spec.name, parse_hash(spec.hash)[1], folder)
+    return spec if pin is None else dataclasses.replace(spec, hash=f"sha256:{pin[0]}")
+
+
+def hash_note(spec: WeightSpec, folder: Path) -> str:
+    """How the file of ``spec`` is verified, in words."""
+    alg, hexdigest = parse_hash(spec.hash)
+    if len(hexdigest) == digest_len(alg):
+        return f"{alg} {hexdigest[:12]}… (full digest)"
+    pin = pinned_sha256(spec.name, hexdigest, folder) if alg == "sha256" else None
+    if pin is not None:
+        return f"sha256 {pin[0][:12]}… (full digest pinned in {pin[1]})"
+    return (f"{alg} prefix {hexdigest} only ({4 * len(hexdigest)} bits, all the publisher gives); "
+            f"pin the full digest: refsr weights pin {spec.name}")
