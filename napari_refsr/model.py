@@ -15,7 +15,7 @@ import torch
 
 from . import weights
 from .archs.convert import load_strict
-from .archs.registry import arch_of, build_network
+from .archs.registry import arch_of, build_network, check_state_dict
 from .devices import choose_device
 from .errors import WeightsError
 
@@ -100,6 +100,7 @@ def load_model(
             return _CACHE[key].to(dev, half)
     ckpt = weights.read_checkpoint(path)
     _check_finite(ckpt.state_dict, path)
+    check_state_dict(ckpt.state_dict, ckpt.config, f"{path}: {arch_of(ckpt.config)}")  # before allocating
     network = build_network(ckpt.config)
     load_strict(network, ckpt.state_dict,
                 f"checkpoint {path} does not fit the {arch_of(ckpt.config)} architecture {ckpt.config}")

@@ -31,8 +31,9 @@ class Architecture:
     config_cls: type
     network_cls: type[RefSRNetwork]
     foreign: tuple[ForeignFormat, ...] = ()
-    # our exports of this network are completed by its config dataclass when read; otherwise
-    # their config is kept as stored (every known network's exports are checked key by key)
+    # our exports of this network are completed by its config dataclass and checked key by key
+    # when read (a one-line error before loading); otherwise their config is kept as stored
+    # (``load_model`` checks them key by key before building: :func:`check_state_dict`)
     check_exports: bool = False
 
     @property
@@ -92,15 +93,14 @@ def foreign_formats() -> Iterator[tuple[Architecture, ForeignFormat]]:
 
 
 def check_export(sd: Mapping[str, torch.Tensor], config: dict) -> dict:
-    """The config of one of our exports, its fields checked (:mod:`.guard`) and the tensors
-    compared with a meta build of it; for architectures with ``check_exports`` also completed by
-    the config dataclass. Unknown architectures pass as stored (loading them names the problem)."""
+    """The config of one of our exports, its integer fields checked (:mod:`.guard`); for
+    architectures with ``check_exports``, completed by the config dataclass and checked against
+    the tensors (others, and unknown architectures, pass as stored: loading them names any problem)."""
     entry = ARCHITECTURES.get(config["arch"])
     if entry is None:
         return dict(config)
     check_fields(entry.config_cls, config)  # n_feats 8.0 or 20000: refused before anything is built
     if not entry.check_exports:
-        check_state_dict(sd, dict(config), "napari-refsr")
         return dict(config)
     try:
         config = entry.config_cls(**config).to_dict()
