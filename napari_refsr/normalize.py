@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,8 +76,15 @@ def intensity_window(
 def to_unit(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Intensities → float32 in [0, 1] through the window (lo, hi), clipped.
 
-    Computed in float64: for float32 data near its limit, ``hi - lo`` overflows float32."""
-    return np.clip((image.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    Computed in float64 (for float32 data near its limit ``hi - lo`` overflows float32), and on
+    halved values where even float64's ``hi - lo`` overflows (float64 data near ±1.8e308)."""
+    h = _half(lo, hi)
+    return np.clip((image.astype(np.float64) * h - lo * h) / (hi * h - lo * h), 0.0, 1.0).astype(np.float32)
+
+
+def _half(lo: float, hi: float) -> float:
+    """1, or 0.5 where ``hi - lo`` overflows float64: the window's arithmetic then runs on halves."""
+    return 1.0 if math.isfinite(float(hi) - float(lo)) else 0.5
 
 
 @dataclass
@@ -124,7 +132,8 @@ def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4) -> np.ndarray:
     if prepared.quantize:
         values = np.clip(np.round(out * 255.0), 0, 255)
     else:
-        values = lo + out.astype(np.float64) * (hi - lo)  # float64: (hi - lo) may exceed float32
+        h = _half(lo, hi)  # float64, halved if need be: (hi - lo) may exceed float32 or float64
+        values = (lo * h + out.astype(np.float64) * (hi * h - lo * h)) / h
     if prepared.alpha is not None:
         a = resize_bicubic(torch.from_numpy(prepared.alpha), (out.shape[0], out.shape[1])).clamp(0, 1).numpy()
         amax = 255.0 if prepared.dtype == np.uint8 else 65535.0 if prepared.dtype == np.uint16 else 1.0

@@ -108,16 +108,17 @@ def test_a_network_that_produces_nan_is_an_error_not_a_black_image(tiny_model):
         rs.upscale(broken, LR, REF, device="cpu")
 
 
-def test_float32_data_near_the_float32_limit_gives_finite_proportional_output(tiny_model):
-    """±3e38 would overflow a float32 window (hi - lo = inf): the result must be the same image as
-    for the data scaled down, scaled back up — finite, and no numpy warnings on the way."""
-    small = (RNG.random((16, 16)) * 2 - 1).astype(np.float32)
-    big = (small.astype(np.float64) * 3e38).astype(np.float32)
-    ref_small = (RNG.random((64, 64)) * 2 - 1).astype(np.float32)
-    ref_big = (ref_small.astype(np.float64) * 3e38).astype(np.float32)
+@pytest.mark.parametrize("dtype, peak", [(np.float32, 3e38), (np.float64, 1.5e308)])
+def test_float_data_near_its_limit_gives_finite_proportional_output(tiny_model, dtype, peak):
+    """±3e38 would overflow a float32 window (hi - lo = inf), ±1.5e308 even a float64 one: the result
+    must be the image of the data scaled down, scaled back up — finite, and no numpy warnings."""
+    small = RNG.random((16, 16)) * 2 - 1
+    ref_small = RNG.random((64, 64)) * 2 - 1
+    big, ref_big = (small * peak).astype(dtype), (ref_small * peak).astype(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out_big = rs.upscale(tiny_model, big, ref_big, device="cpu")
-    out_small = rs.upscale(tiny_model, small, ref_small, device="cpu")
-    assert out_big.dtype == np.float32 and np.isfinite(out_big).all()
-    np.testing.assert_allclose(out_big.astype(np.float64) / 3e38, out_small, rtol=1e-3, atol=1e-4)
+    out_small = rs.upscale(tiny_model, (big.astype(np.float64) / peak).astype(dtype),
+                           (ref_big.astype(np.float64) / peak).astype(dtype), device="cpu")
+    assert out_big.dtype == dtype and np.isfinite(out_big).all()
+    np.testing.assert_allclose(out_big.astype(np.float64) / peak, out_small, rtol=1e-3, atol=1e-4)
