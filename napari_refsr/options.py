@@ -12,6 +12,7 @@ import numbers
 from pathlib import Path
 
 from .errors import RefSRError
+from .model import RefSRModel, load_model
 
 MIN_TILE = 32  # LR pixels: smaller tiles leave the search almost no context
 MIN_SEARCH_BUDGET = 16 * 2**20  # bytes; below this the chunked search crawls
@@ -78,8 +79,6 @@ def check_callback(fn, what: str):
 
 def resolve_model(model):
     """A :class:`~napari_refsr.RefSRModel` as given, or loaded from a registry name / checkpoint path."""
-    from .model import RefSRModel, load_model
-
     if isinstance(model, RefSRModel):
         return model
     if isinstance(model, (str, Path)) and str(model):
