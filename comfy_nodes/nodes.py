@@ -10,7 +10,6 @@ out-of-memory retry with halved tiles, input validation and weights downloads ar
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -31,47 +30,21 @@ except ImportError as _err:  # the core is a separate install into ComfyUI's Pyt
         f"'{sys.executable} -m pip install <path of the napari-refsr repository>' (docs/comfyui.md)"
     ) from _err
 
+from .compat import schema_extras
+from .grayscale import as_gray, split_batch
+from .model_list import (DOWNLOAD_MARK, FOLDER, checkpoint_path, download_dir, model_names, register_folder,
+                         registry_models, registry_name)
+
 __all__ = ["FOLDER", "REFSR_MODEL", "LoadRefSRModel", "RefSRUpscale", "RefSRExtension", "comfy_entrypoint",
            "model_names"]
 
-FOLDER = "refsr"  # ComfyUI/models/refsr (plus any "refsr:" folder in extra_model_paths.yaml)
 MAX_TILE = 2048
 CATEGORY = "image/upscaling"
+LOADER_CATEGORY = "loaders"  # beside ComfyUI's other model loaders (Load Upscale Model, …)
 
 REFSR_MODEL = io.Custom("REFSR_MODEL")
 
-
-def _register_folder() -> None:
-    """Make ``models/refsr`` a ComfyUI model folder (idempotent; folder_paths ignores repeats)."""
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-
-
-_register_folder()
-
-
-def _download_dir() -> str | None:
-    """Where registry models are downloaded: the first refsr folder (models/refsr by default), or
-    the core's cache when the user set ``$NAPARI_REFSR_CACHE`` (shared with napari and the CLI)."""
-    if os.environ.get(weights.CACHE_ENV):
-        return None
-    return folder_paths.get_folder_paths(FOLDER)[0]
-
-
-def _registry_models() -> list[str]:
-    """Registry names of super-resolution models, the default first."""
-    return sorted(weights.model_names(), key=lambda n: (n != DEFAULT_MODEL, n))
-
-
-def _local_checkpoints() -> list[str]:
-    """Checkpoint files in the refsr folders, without hidden files (e.g. unfinished downloads)."""
-    return [f for f in folder_paths.get_filename_list(FOLDER)
-            if f.lower().endswith(weights.CHECKPOINT_SUFFIXES) and not os.path.basename(f).startswith(".")]
-
-
-def model_names() -> list[str]:
-    """The loader's choices: registry models (default first), then files in models/refsr."""
-    _register_folder()
-    return _registry_models() + _local_checkpoints()
+register_folder()
 
 
 class LoadRefSRModel(io.ComfyNode):
@@ -84,34 +57,44 @@ class LoadRefSRModel(io.ComfyNode):
         return io.Schema(
             node_id="RefSRModelLoader",
             display_name="Load RefSR Model",
-            category=CATEGORY,
-            description="Loads a reference-based ×4 super-resolution model (TTSR) for RefSR Upscale.",
+            category=LOADER_CATEGORY,
+            description="Loads a reference-based ×4 super-resolution model (TTSR, SRNTT) for RefSR Upscale.",
             inputs=[
                 io.Combo.Input(
                     "model_name", options=names, default=names[0] if names else None,
-                    tooltip=f"A model from the napari-refsr registry ({', '.join(_registry_models())}; "
-                            f"{DEFAULT_MODEL} ships with the package, the others are downloaded into "
-                            "ComfyUI/models/refsr on first use), hash-checked, or a checkpoint "
-                            "(.pt/.pth/.safetensors) in ComfyUI/models/refsr."),
+                    tooltip=f"A model from the napari-refsr registry ({', '.join(registry_models())}; "
+                            f"{DEFAULT_MODEL} ships with the package and works offline; names marked "
+                            f"'{DOWNLOAD_MARK.strip()}' are downloaded into ComfyUI/models/refsr on first "
+                            "use), hash-checked, or a checkpoint (.pt/.pth/.safetensors) in ComfyUI/models/refsr."),
             ],
             outputs=[REFSR_MODEL.Output(display_name="refsr_model",
                                         tooltip="The loaded network, kept on the CPU between runs.")],
+            **schema_extras(search_aliases=["refsr", "ttsr", "srntt", "reference super-resolution"]),
         )
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """Replaces ComfyUI's list check of ``model_name``: a registry model is accepted with or without
+        its download mark (a workflow saved before the download names it with the mark)."""
+        if registry_name(model_name) is not None or checkpoint_path(model_name) is not None:
+            return True
+        return _not_found(model_name)
+
+    @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
-        _register_folder()
-        path = None
-        if model_name.lower().endswith(weights.CHECKPOINT_SUFFIXES):
-            path = folder_paths.get_full_path(FOLDER, model_name)
-        if path is None and model_name in weights.REGISTRY:
-            path = weights.fetch(model_name, cache_dir=_download_dir())  # WeightsError says what to do offline
+        path = checkpoint_path(model_name)
+        name = registry_name(model_name)
+        if path is None and name is not None:
+            path = weights.fetch(name, cache_dir=download_dir())  # WeightsError says what to do offline
         if path is None:
-            folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
-            raise RefSRError(f"RefSR model {model_name!r} not found in {folders}; put the checkpoint "
-                             f"(.pt, .pth or .safetensors) there, or choose a registry model "
-                             f"({', '.join(_registry_models())})")
+            raise RefSRError(_not_found(model_name))
         return io.NodeOutput(load_model(path, device="cpu"))
+
+
+def _not_found(model_name: str) -> str:
+    folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+    return (f"RefSR model {model_name!r} not found in {folders}; put the checkpoint (.pt, .pth or "
+            f".safetensors) there, or choose a registry model ({', '.join(registry_models())})")
 
 
 def _batch(tensor, what: str) -> np.ndarray:
@@ -185,14 +168,37 @@ class RefSRUpscale(io.ComfyNode):
             return False
 
         try:
-            result = upscale_nd(refsr_model, lr, refs, spatial_axes=(1, 2), channel_axis=3, tile=tile_size,
-                                device=device, value_range=(0.0, 1.0), progress=progress, cancel=cancel)
+            image_out, confidence = _upscale_by_kind(refsr_model, lr, refs, progress, tile=tile_size, device=device,
+                                                     value_range=(0.0, 1.0), cancel=cancel)
         finally:
             refsr_model.to("cpu")  # give the device back to ComfyUI's other models
             model_management.soft_empty_cache()
-        upscaled = torch.from_numpy(np.ascontiguousarray(result.image)).clamp_(0.0, 1.0)
-        confidence = torch.from_numpy(np.ascontiguousarray(result.confidence)).clamp_(0.0, 1.0)
-        return io.NodeOutput(upscaled, confidence)
+        upscaled = torch.from_numpy(image_out).clamp_(0.0, 1.0)
+        return io.NodeOutput(upscaled, torch.from_numpy(confidence).clamp_(0.0, 1.0))
+
+
+def _upscale_by_kind(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], progress, **options):
+    """Upscale an IMAGE batch: colour images as RGB, images with three equal channels through the
+    core's grayscale path (references turned gray for them) and returned with equal channels.
+    Progress counts over the whole batch. Returns the ×4 images and the confidence, float32."""
+    b, h, w, c = lr.shape
+    images = np.empty((b, h * 4, w * 4, c), dtype=np.float32)
+    confidence = np.empty((b, h * 4, w * 4), dtype=np.float32)
+    first = 0  # images of the batch already done, for the progress of a later run
+    for idx, gray in split_batch(lr):
+        run_progress = progress
+        if len(idx) < b:  # two runs: scale this run's tiles to the whole batch
+
+            def run_progress(done: int, total: int, first=first, n=len(idx)) -> None:
+                per_image = total / n
+                progress(round(first * per_image + done), round(b * per_image))
+
+        result = upscale_nd(model, lr[idx][..., :1] if gray else lr[idx], [as_gray(r) for r in refs] if gray else refs,
+                            spatial_axes=(1, 2), channel_axis=3, progress=run_progress, **options)
+        images[idx] = np.repeat(result.image, 3, axis=-1) if gray else result.image
+        confidence[idx] = result.confidence
+        first += len(idx)
+    return images, confidence
 
 
 class RefSRExtension(ComfyExtension):
