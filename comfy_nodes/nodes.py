@@ -31,6 +31,7 @@ except ImportError as _err:  # the core is a separate install into ComfyUI's Pyt
     ) from _err
 
 from .compat import schema_extras
+from .example_inputs import install_example_inputs
 from .grayscale import as_gray, split_batch
 from .model_list import (DOWNLOAD_MARK, FOLDER, checkpoint_path, download_dir, model_names, register_folder,
                          registry_models, registry_name)
@@ -209,5 +210,7 @@ class RefSRExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> RefSRExtension:
-    """ComfyUI's V3 entry point (called once when custom nodes are loaded)."""
+    """ComfyUI's V3 entry point (called once when custom nodes are loaded). Also puts the example
+    workflows' images into ComfyUI's input folder (ComfyUI 0.3.64 never calls ``on_load``)."""
+    install_example_inputs()
     return RefSRExtension()
