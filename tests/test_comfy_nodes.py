@@ -12,7 +12,6 @@ import http.server
 import inspect
 import os
 import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -20,11 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-STANDIN = Path(__file__).resolve().parent / "comfy_standin"
-for _p in (str(ROOT), str(STANDIN)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from comfy_standin import activate
+
+activate()
 
 import comfy.model_management as mm  # noqa: E402  (the stand-in)
 import comfy.utils  # noqa: E402

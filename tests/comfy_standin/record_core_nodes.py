@@ -4,8 +4,8 @@
 
 Reads ``GET /object_info`` and ``GET /system_stats`` and writes ``core_nodes.json`` beside this file:
 for every node of ComfyUI itself (``nodes``, ``comfy_extras``; custom and API nodes left out) its
-inputs in order (name, type, required or not, combo options, min/max) and its output types, plus the
-ComfyUI version. Only what a workflow check needs, so the file stays small and diffs stay readable.
+display name, inputs in order (name, type, required or not, combo options, min/max) and output
+types, plus the ComfyUI version. Only what a workflow check needs, so the file stays small and diffs stay readable.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def trim(info: dict) -> dict:
     for group, required in (("required", True), ("optional", False)):
         specs = info.get("input", {}).get(group, {})
         inputs += [_input(name, specs[name], required) for name in order.get(group, list(specs))]
-    return {"inputs": inputs, "outputs": info.get("output", []), "output_node": info.get("output_node", False)}
+    return {"display_name": info.get("display_name") or info["name"], "inputs": inputs,
+            "outputs": info.get("output", []), "output_node": info.get("output_node", False)}
 
 
 def main(base: str) -> None:
