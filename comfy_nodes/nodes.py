@@ -10,6 +10,7 @@ out-of-memory retry with halved tiles, input validation and weights downloads ar
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -24,10 +25,12 @@ try:
     from napari_refsr import DEFAULT_MODEL, DEFAULT_TILE, RefSRError, RefSRModel, load_model, upscale_nd, weights
     from napari_refsr.pipeline import MIN_TILE
     from napari_refsr.search import DEFAULT_BUDGET
-except ImportError as _err:  # the core is a separate install into ComfyUI's Python
+except ImportError as _err:  # the core's packages are missing from ComfyUI's Python
+    _requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")
     raise ImportError(
-        f"the RefSR nodes need the napari-refsr core in ComfyUI's Python ({_err}); install it with "
-        f"'{sys.executable} -m pip install <path of the napari-refsr repository>' (docs/comfyui.md)"
+        f"the RefSR nodes need the napari-refsr core and its packages in ComfyUI's Python ({_err}); install "
+        f"them with '{sys.executable} -m pip install -r {_requirements}' (ComfyUI-Manager does this when it "
+        f"installs the pack) or '{sys.executable} -m pip install <napari-refsr repository>' (docs/comfyui.md)"
     ) from _err
 
 from .compat import schema_extras
@@ -132,7 +135,8 @@ class RefSRUpscale(io.ComfyNode):
                         "best-matching patch of the references instead of being invented.",
             inputs=[
                 io.Image.Input("image", tooltip="The low-resolution image(s) to enlarge ×4. Every image of "
-                                                "a batch is upscaled against the same references."),
+                                                "a batch is upscaled against the same references. Grayscale "
+                                                "(three equal channels, as Load Image gives it) stays grayscale."),
                 io.Image.Input("reference", tooltip=ref_tip),
                 REFSR_MODEL.Input("refsr_model", tooltip="The model from Load RefSR Model."),
                 io.Int.Input("tile_size", default=DEFAULT_TILE, min=MIN_TILE, max=MAX_TILE, step=16,
@@ -143,7 +147,10 @@ class RefSRUpscale(io.ComfyNode):
             ],
             outputs=[
                 io.Image.Output("upscaled", display_name="image",
-                                tooltip="The ×4 image(s), RGB in 0..1, same batch size and channels as the input."),
+                                tooltip="The ×4 image(s) in 0..1, same batch size and channels as the input; "
+                                        "grayscale in, equal channels out. Load Image keeps alpha apart as a "
+                                        "MASK: to keep transparency, upscale that mask ×4 too and put it back "
+                                        "with Join Image with Alpha."),
                 io.Mask.Output("confidence", display_name="confidence",
                                tooltip="Texture-match confidence at output size: the soft attention S (cosine "
                                        "similarity of the best reference patch, −1..1) clipped to 0..1. Bright = "
