@@ -148,6 +148,26 @@ def test_schemas_types_tooltips_and_execute_signatures(tiny_file):
                 assert params[i.id].default is None
 
 
+def test_newer_schema_fields_only_where_the_running_comfyui_has_them(monkeypatch):
+    """search_aliases came after ComfyUI 0.3.64 (whose io.Schema the stand-in copies): passed to a
+    newer io.Schema, left out for 0.3.64, which would reject the unknown keyword."""
+    from dataclasses import dataclass, field
+
+    from comfy_api.latest import io
+
+    with pytest.raises(TypeError):
+        io.Schema(node_id="x", search_aliases=["y"])
+    assert cn.schema_extras(search_aliases=["y"]) == {}
+    assert cn.LoadRefSRModel.define_schema().node_id == "RefSRModelLoader"
+
+    @dataclass
+    class NewerSchema(io.Schema):
+        search_aliases: list = field(default_factory=list)
+
+    monkeypatch.setattr(io, "Schema", NewerSchema)
+    assert "ttsr" in cn.LoadRefSRModel.define_schema().search_aliases
+
+
 def test_model_list_has_registry_models_then_checkpoints(tiny_file):
     (REFSR_DIR / "sub").mkdir(exist_ok=True)
     extra = [REFSR_DIR / "sub" / "b.safetensors", REFSR_DIR / "notes.txt", REFSR_DIR / ".x.pth.part"]
