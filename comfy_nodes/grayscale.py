@@ -5,9 +5,15 @@ node runs them through the core's grayscale path and returns three equal channel
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-__all__ = ["LUMA", "as_gray", "equal_channels", "split_batch"]
+from napari_refsr import RefSRModel, upscale_nd
+
+__all__ = ["LUMA", "as_gray", "equal_channels", "split_batch", "upscale_by_kind"]
+
+Progress = Callable[[int, int], None]
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" mode
 
@@ -33,3 +39,34 @@ def split_batch(images: np.ndarray) -> list[tuple[np.ndarray, bool]]:
     left out. (A ComfyUI batch has one size, so each run is an ordinary smaller batch.)"""
     gray = equal_channels(images)
     return [(idx, kind) for kind in (False, True) if (idx := np.flatnonzero(gray == kind)).size]
+
+
+def upscale_by_kind(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], progress: Progress,
+                    **options) -> tuple[np.ndarray, np.ndarray]:
+    """Upscale an IMAGE batch: colour images as RGB, images with three equal channels through the
+    core's grayscale path (references turned gray for them) and returned with equal channels.
+    Progress counts over the whole batch; ``options`` go to :func:`napari_refsr.upscale_nd`.
+    Returns the ×4 images and the confidence, float32."""
+    b, h, w, c = lr.shape
+    images = np.empty((b, h * 4, w * 4, c), dtype=np.float32)
+    confidence = np.empty((b, h * 4, w * 4), dtype=np.float32)
+    first = 0  # images of the batch already done, for the progress of a later run
+    for idx, gray in split_batch(lr):
+        run_progress = progress if len(idx) == b else _part_of(progress, first, len(idx), b)
+        result = upscale_nd(model, lr[idx][..., :1] if gray else lr[idx], [as_gray(r) for r in refs] if gray else refs,
+                            spatial_axes=(1, 2), channel_axis=3, progress=run_progress, **options)
+        images[idx] = np.repeat(result.image, 3, axis=-1) if gray else result.image
+        confidence[idx] = result.confidence
+        first += len(idx)
+    return images, confidence
+
+
+def _part_of(progress: Progress, first: int, n: int, b: int) -> Progress:
+    """Progress of a run over ``n`` of ``b`` images, ``first`` of them done before, as progress over
+    all ``b`` (every image of a ComfyUI batch has the same size, hence the same tiles)."""
+
+    def report(done: int, total: int) -> None:
+        per_image = total / n
+        progress(round(first * per_image + done), round(b * per_image))
+
+    return report

@@ -22,7 +22,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 try:
-    from napari_refsr import DEFAULT_MODEL, DEFAULT_TILE, RefSRError, RefSRModel, load_model, upscale_nd, weights
+    from napari_refsr import DEFAULT_MODEL, DEFAULT_TILE, RefSRError, RefSRModel, load_model, weights
     from napari_refsr.pipeline import MIN_TILE
     from napari_refsr.search import DEFAULT_BUDGET
 except ImportError as _err:  # the core's packages are missing from ComfyUI's Python
@@ -35,7 +35,7 @@ except ImportError as _err:  # the core's packages are missing from ComfyUI's Py
 
 from .compat import schema_extras
 from .example_inputs import install_example_inputs
-from .grayscale import as_gray, split_batch
+from .grayscale import upscale_by_kind
 from .model_list import (DOWNLOAD_MARK, FOLDER, checkpoint_path, download_dir, model_names, register_folder,
                          registry_models, registry_name)
 
@@ -176,37 +176,13 @@ class RefSRUpscale(io.ComfyNode):
             return False
 
         try:
-            image_out, confidence = _upscale_by_kind(refsr_model, lr, refs, progress, tile=tile_size, device=device,
+            image_out, confidence = upscale_by_kind(refsr_model, lr, refs, progress, tile=tile_size, device=device,
                                                      value_range=(0.0, 1.0), cancel=cancel)
         finally:
             refsr_model.to("cpu")  # give the device back to ComfyUI's other models
             model_management.soft_empty_cache()
         upscaled = torch.from_numpy(image_out).clamp_(0.0, 1.0)
         return io.NodeOutput(upscaled, torch.from_numpy(confidence).clamp_(0.0, 1.0))
-
-
-def _upscale_by_kind(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], progress, **options):
-    """Upscale an IMAGE batch: colour images as RGB, images with three equal channels through the
-    core's grayscale path (references turned gray for them) and returned with equal channels.
-    Progress counts over the whole batch. Returns the ×4 images and the confidence, float32."""
-    b, h, w, c = lr.shape
-    images = np.empty((b, h * 4, w * 4, c), dtype=np.float32)
-    confidence = np.empty((b, h * 4, w * 4), dtype=np.float32)
-    first = 0  # images of the batch already done, for the progress of a later run
-    for idx, gray in split_batch(lr):
-        run_progress = progress
-        if len(idx) < b:  # two runs: scale this run's tiles to the whole batch
-
-            def run_progress(done: int, total: int, first=first, n=len(idx)) -> None:
-                per_image = total / n
-                progress(round(first * per_image + done), round(b * per_image))
-
-        result = upscale_nd(model, lr[idx][..., :1] if gray else lr[idx], [as_gray(r) for r in refs] if gray else refs,
-                            spatial_axes=(1, 2), channel_axis=3, progress=run_progress, **options)
-        images[idx] = np.repeat(result.image, 3, axis=-1) if gray else result.image
-        confidence[idx] = result.confidence
-        first += len(idx)
-    return images, confidence
 
 
 class RefSRExtension(ComfyExtension):

@@ -31,6 +31,7 @@ from comfy_api.latest import ComfyExtension  # noqa: E402
 import comfy_nodes  # noqa: E402
 import napari_refsr  # noqa: E402
 from comfy_nodes import nodes as cn  # noqa: E402
+from comfy_nodes.grayscale import split_batch  # noqa: E402
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
 from napari_refsr.errors import RefSRError, WeightsError  # noqa: E402
 from napari_refsr.resize import resize_bicubic  # noqa: E402
@@ -364,7 +365,7 @@ def test_grayscale_reference_guides_a_gray_image_and_rgba_is_not_gray(model, sce
     np.testing.assert_allclose(out[0, ..., 2].numpy(), np.clip(alone, 0, 1), atol=1e-6)
     # four channels (RGBA) are never taken for gray, even with equal colour channels
     rgba = np.concatenate([gray_lr, np.ones_like(gray_lr[..., :1])], axis=-1)
-    assert not cn.split_batch(rgba[None])[0][1]
+    assert not split_batch(rgba[None])[0][1]
 
 
 def test_out_of_memory_retries_with_smaller_tiles(model, scene, monkeypatch):
