@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import folder_paths
-from napari_refsr.weights import atomic_write
+from napari_refsr.files import atomic_write
 
 __all__ = ["EXAMPLE_INPUTS", "EXAMPLES_DIR", "install_example_inputs"]
 

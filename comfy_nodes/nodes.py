@@ -22,9 +22,8 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 try:
-    from napari_refsr import DEFAULT_MODEL, DEFAULT_TILE, RefSRError, RefSRModel, load_model, weights
-    from napari_refsr.pipeline import MIN_TILE
-    from napari_refsr.search import DEFAULT_BUDGET
+    from napari_refsr import (DEFAULT_MODEL, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE, RefSRError, RefSRModel,
+                              load_model, weights)
 except ImportError as _err:  # the core's packages are missing from ComfyUI's Python
     _requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")
     raise ImportError(
@@ -117,7 +116,7 @@ def _memory_estimate(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], 
     weights_bytes = sum(p.numel() * p.element_size() for p in model.network.parameters())
     ref_pixels = sum(r.shape[0] * r.shape[1] for r in refs)
     tile_pixels = min(tile, lr.shape[1]) * min(tile, lr.shape[2]) * 16
-    return int(weights_bytes + ref_pixels * 112 * 4 * 2 + tile_pixels * 64 * 4 * 8 + DEFAULT_BUDGET)
+    return int(weights_bytes + ref_pixels * 112 * 4 * 2 + tile_pixels * 64 * 4 * 8 + DEFAULT_SEARCH_BUDGET)
 
 
 class RefSRUpscale(io.ComfyNode):

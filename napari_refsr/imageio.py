@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import RefSRError
-from .weights import atomic_write
+from .files import atomic_write
 
 __all__ = [
     "read_image",

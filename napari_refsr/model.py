@@ -14,32 +14,13 @@ from pathlib import Path
 import torch
 
 from . import weights
-from .archs.srntt import SRNTT, SRNTTConfig
-from .archs.ttsr import TTSR, TTSRConfig
+from .archs.convert import load_strict
+from .archs.registry import arch_of, build_network
 from .devices import choose_device
-from .errors import RefSRError, WeightsError
 
-__all__ = ["RefSRModel", "load_model", "build_network", "ARCHITECTURES", "DEFAULT_MODEL"]
+__all__ = ["RefSRModel", "load_model", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "refsr-compact"  # shipped in the package: works offline (docs/model-card.md)
-
-# arch name → (config class, network class); every network offers encode_references/forward_bank
-ARCHITECTURES: dict[str, tuple[type, type[torch.nn.Module]]] = {
-    "ttsr": (TTSRConfig, TTSR), "srntt": (SRNTTConfig, SRNTT)}
-
-
-def build_network(config: dict) -> torch.nn.Module:
-    """An untrained network of the architecture described by ``config`` (``config["arch"]``)."""
-    arch = config.get("arch", "ttsr")
-    if arch not in ARCHITECTURES:
-        raise RefSRError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    config_cls, net_cls = ARCHITECTURES[arch]
-    names = set(config_cls.__dataclass_fields__)
-    try:
-        cfg = config_cls(**{k: v for k, v in config.items() if k in names})
-    except (TypeError, ValueError) as err:
-        raise RefSRError(f"invalid {arch} architecture config {config}: {err}") from err
-    return net_cls(cfg)
 
 
 @dataclass
@@ -56,7 +37,7 @@ class RefSRModel:
 
     @property
     def arch(self) -> str:
-        return self.config.get("arch", "ttsr")
+        return arch_of(self.config)
 
     def to(self, device: str | torch.device = "auto", half: bool | None = None) -> "RefSRModel":
         """Move the network (in place) to ``device``; fp16 only where it helps (CUDA)."""
@@ -76,17 +57,11 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _resolve(source: str | Path | None, cache_dir, progress) -> tuple[Path, str]:
+    """(file, display name): registry models are named by their name, files by their file name."""
     if source is None or source == "":
         source = DEFAULT_MODEL
-    path = Path(str(source)).expanduser()
-    if path.is_file():
-        return path, path.name
-    if str(source) in weights.REGISTRY:
-        return weights.fetch(str(source), cache_dir=cache_dir, progress=progress), str(source)
-    if path.suffix or path.parent != Path("."):
-        raise WeightsError(f"checkpoint file not found: {path}")
-    known = ", ".join(sorted(weights.REGISTRY))
-    raise WeightsError(f"{source!r} is neither a checkpoint file nor a known model name ({known})")
+    path = weights.resolve(source, cache_dir=cache_dir, progress=progress)
+    return path, path.name if Path(str(source)).expanduser().is_file() else str(source)
 
 
 def load_model(
@@ -111,13 +86,8 @@ def load_model(
             return _CACHE[key].to(dev, half)
     ckpt = weights.read_checkpoint(path)
     network = build_network(ckpt.config)
-    try:
-        network.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3])
-        raise WeightsError(f"checkpoint {path} does not fit the {ckpt.config.get('arch', 'ttsr')} "
-                           f"architecture {ckpt.config}: {detail[:300]}") from err
+    load_strict(network, ckpt.state_dict,
+                f"checkpoint {path} does not fit the {arch_of(ckpt.config)} architecture {ckpt.config}")
     network.eval().requires_grad_(False)
     model = RefSRModel(network, dict(ckpt.config), name, meta=dict(ckpt.meta or {})).to(dev, half)
     if cache:

@@ -21,7 +21,18 @@ from .resize import resize_bicubic
 DEFAULT_PERCENTILES = (0.1, 99.9)
 MIN_SIZE = 4  # LR pixels; the network's 3×3 search needs a few positions
 
-__all__ = ["Prepared", "prepare", "restore", "intensity_window", "to_unit", "check_image", "DEFAULT_PERCENTILES"]
+__all__ = ["Prepared", "prepare", "restore", "intensity_window", "to_unit", "to_net", "from_net", "check_image",
+           "DEFAULT_PERCENTILES"]
+
+
+def to_net(pixels):
+    """0..255 units (the 8-bit grid for uint8 data) → the network's [-1, 1] (``x / 127.5 - 1``)."""
+    return pixels / 127.5 - 1.0
+
+
+def from_net(x):
+    """The network's [-1, 1] → 0..255 units (the inverse of :func:`to_net`)."""
+    return (x + 1.0) * 127.5
 
 
 def check_image(image, what: str = "image", min_size: int = MIN_SIZE) -> np.ndarray:

@@ -17,12 +17,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import search as ts
 from .devices import choose_device, is_out_of_memory, release_memory
 from .errors import Cancelled, RefSRError
 from .model import RefSRModel
-from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore
+from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore, to_net
 from .resize import down_up, resize_bicubic
+from .search import DEFAULT_BUDGET, decode_index
 from .tiling import Blender, plan_tiles
 
 DEFAULT_TILE = 128  # LR pixels
@@ -34,7 +34,7 @@ _LR_MARGIN = 3  # LR pixels of context that make a tile's LR↑ equal the whole 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 
-__all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "DEFAULT_TILE", "DEFAULT_OVERLAP"]
+__all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "DEFAULT_TILE", "DEFAULT_OVERLAP", "MIN_TILE"]
 
 
 @dataclass
@@ -53,10 +53,6 @@ def _as_list(ref) -> list:
     return [ref]
 
 
-def _to_net(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels / 127.5 - 1.0
-
-
 class _Engine:
     """The network on its device with the reference set encoded once; runs LR tiles."""
 
@@ -65,14 +61,14 @@ class _Engine:
         self.device = self.model.device
         self.dtype = torch.float16 if self.model.half else torch.float32
         self.net = self.model.network
-        self.net.search_budget = budget
+        self.budget = budget  # the search's scratch bytes, passed with every call (the network is shared)
         ref_t, ref_du = [], []
         self.ref_shapes = []
         for p in refs:
             h, w = (p.pixels.shape[1] // 4) * 4, (p.pixels.shape[2] // 4) * 4
             pix = p.pixels[:, :h, :w].to(self.device, torch.float32)
-            ref_t.append(_to_net(pix)[None].to(self.dtype))
-            ref_du.append(_to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
+            ref_t.append(to_net(pix)[None].to(self.dtype))
+            ref_du.append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
             self.ref_shapes.append((h // 4, w // 4))
         with torch.inference_mode():
             self.bank = self.net.encode_references(ref_t, ref_du)[0]
@@ -86,10 +82,10 @@ class _Engine:
         up = resize_bicubic(crop, ((y1 - y0) * 4, (x1 - x0) * 4), quantize=lr.quantize)
         ty, tx = tile.y0 - y0, tile.x0 - x0
         th, tw = tile.y1 - tile.y0, tile.x1 - tile.x0
-        lr_t = _to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(self.dtype)
-        up_t = _to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(self.dtype)
+        lr_t = to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(self.dtype)
+        up_t = to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(self.dtype)
         with torch.inference_mode():
-            out = self.net.forward_bank(lr_t, up_t, [self.bank])
+            out = self.net.forward_bank(lr_t, up_t, [self.bank], search_budget=self.budget)
         return (out[0][0].float().cpu().numpy(), out.S[0, 0].float().cpu().numpy(),
                 out.index[0].cpu().numpy())
 
@@ -126,7 +122,7 @@ def _run_slice(engine: _Engine, lr: Prepared, tile: int, overlap: int, step: Cal
 def _source_map(index: np.ndarray, shapes) -> np.ndarray:
     """Hard-attention indices → (H, W, 3): reference number, and the centre of the matched 4×4
     block in reference pixels (row, column)."""
-    decoded = ts.decode_index(index, shapes)
+    decoded = decode_index(index, shapes)
     decoded[..., 1:] = decoded[..., 1:] * 4 + 2
     return decoded.astype(np.int32)
 
@@ -186,7 +182,7 @@ class _Runner:
                 release_memory(engine.device)
                 self.tile = max(MIN_TILE, self.tile // 2)
                 self.budget = max(16 * 2**20, self.budget // 2)
-                engine.net.search_budget = self.budget
+                engine.budget = self.budget
                 self.done = start  # the slice is redone with smaller tiles
 
 
@@ -203,7 +199,7 @@ def upscale_nd(
     half: bool | None = None,
     value_range: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-    search_budget: int = ts.DEFAULT_BUDGET,
+    search_budget: int = DEFAULT_BUDGET,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> UpscaleResult:

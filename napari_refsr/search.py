@@ -27,7 +27,7 @@ import torch.nn.functional as F
 EPS = 1e-12  # the eps of torch.nn.functional.normalize, used by the reference
 DEFAULT_BUDGET = 256 * 2**20  # bytes of scratch memory one search may use
 
-__all__ = ["search", "transfer", "relevance", "decode_index", "dense_search", "DEFAULT_BUDGET"]
+__all__ = ["search", "transfer", "relevance", "decode_index", "DEFAULT_BUDGET", "EPS"]
 
 
 def _patch_cols(padded: torch.Tensor, p0: int, p1: int, width: int, k: int) -> torch.Tensor:
@@ -237,16 +237,3 @@ def decode_index(index: torch.Tensor | np.ndarray, shapes: Sequence[tuple[int, i
     local = idx - starts[ref]
     widths = np.array([wk for _, wk in shapes], dtype=np.int64)[ref]
     return np.stack([ref, local // widths, local % widths], axis=-1)
-
-
-def dense_search(
-    query: torch.Tensor, keys: Sequence[torch.Tensor], *, normalize_query: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's dense formulation (full relevance matrix); for tests and benchmarks only."""
-    q = F.unfold(query[None], kernel_size=3, padding=1)[0]  # (D, Nq)
-    k = torch.cat([F.unfold(key[None], kernel_size=3, padding=1)[0] for key in keys], dim=1).t()
-    k = F.normalize(k, dim=1)
-    if normalize_query:
-        q = F.normalize(q, dim=0)
-    s, idx = (k @ q).max(dim=0)
-    return s.view(query.shape[1:]), idx.view(query.shape[1:])

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic writes, RNG state capture, rotation (last N + best), resume.
+"""Training checkpoints: atomic writes, RNG state capture, rotation (last N + best), resume, and
+the network of a checkpoint (for export, evaluation and resuming).
 
 A training checkpoint is one ``torch.save`` dict (``format: napari-refsr-train``) holding the
 whole run state — network, optimizers, discriminator, scheduler, AMP scaler, step/epoch and the
@@ -17,11 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_refsr import weights
+from napari_refsr.archs.registry import build_network
 from napari_refsr.errors import RefSRError
-from napari_refsr.weights import atomic_write, fsync_dir
+from napari_refsr.files import atomic_write, fsync_dir
 
 __all__ = ["TRAIN_FORMAT", "atomic_torch_save", "load_training_checkpoint", "rng_state", "set_rng_state",
-           "CheckpointManager"]
+           "CheckpointManager", "model_config", "network_from_checkpoint", "export_model",
+           "export_training_checkpoint"]
 
 TRAIN_FORMAT = "napari-refsr-train"
 TRAIN_VERSION = 1
@@ -138,3 +142,32 @@ class CheckpointManager:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
+
+
+# ----------------------------------------------------------------------------- networks and exports
+
+
+def model_config(net: torch.nn.Module) -> dict:
+    """The architecture config of a network (what :func:`build_network` takes back)."""
+    cfg = net.config
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def network_from_checkpoint(state: dict) -> torch.nn.Module:
+    """The network of a training checkpoint (as :func:`load_training_checkpoint` returns it)."""
+    net = build_network(state["model_config"])
+    net.load_state_dict(state["model"])
+    return net
+
+
+def export_model(net: torch.nn.Module, path: str | Path, meta: dict | None = None) -> Path:
+    """Write the inference checkpoint (weights + architecture) that ``load_model`` reads."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return weights.save_checkpoint(path, state, model_config(net), dict(meta or {}))
+
+
+def export_training_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
+    """Export the network of a training checkpoint (e.g. ``best.pt``) for inference."""
+    state = load_training_checkpoint(ckpt_path)
+    meta = dict(state.get("meta", {}), step=state["step"], epoch=state["epoch"], source=str(ckpt_path))
+    return export_model(network_from_checkpoint(state), out, meta)

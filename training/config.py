@@ -18,33 +18,31 @@ from typing import Any, Iterable
 
 import yaml
 
+from napari_refsr.archs.registry import ARCHITECTURES, model_keys
 from napari_refsr.errors import RefSRError
 
 __all__ = ["DEFAULTS", "ARCH_DEFAULTS", "ARCH_MODEL_KEYS", "load_config", "apply_overrides", "set_key",
            "rec_only", "check_config", "network_config"]
 
+
+def _model_defaults() -> dict[str, Any]:
+    """The ``model`` section: ``arch`` and every architecture's own fields with the defaults of its
+    config dataclass (the published sizes: TTSR's ``TTSRConfig``, SRNTT's ``SRNTTConfig``), then
+    ``init`` (fine-tune from a registry name or checkpoint path; null = from scratch) and
+    ``vgg_weights`` (VGG19 ImageNet weights for the texture extractor's start / SRNTT's fixed
+    extractor and the perceptual loss: a registry name, a torchvision .pth path, or null = random,
+    tests only)."""
+    first = next(iter(ARCHITECTURES.values())).defaults()
+    model = {"arch": first["arch"], "n_feats": first["n_feats"]}
+    for name, entry in ARCHITECTURES.items():
+        defaults = entry.defaults()
+        model.update({k: defaults[k] for k in model_keys(name)})
+    return {**model, "init": None, "vgg_weights": "vgg19"}
+
+
 # Paper / reference-code defaults (TTSR, CVPR 2020; researchmm/TTSR train.sh).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {
-        "arch": "ttsr",  # ttsr | srntt
-        "n_feats": 64,
-        # TTSR only
-        "num_res_blocks": [16, 16, 8, 4],
-        "res_scale": 1.0,
-        # add LR↑ to the output (residual learning; starts at bicubic quality). The published
-        # TTSR has no such skip (false); the compact shipped default uses it
-        "global_skip": False,
-        # SRNTT only (Zhang et al., CVPR 2019; sizes of the public PyTorch port)
-        "content_blocks": 16,  # residual blocks of the content extractor
-        "transfer_blocks": [16, 16, 16],  # residual blocks of the ×1, ×2, ×4 texture-transfer stages
-        "use_weights": True,  # similarity weighting of the swapped maps M
-        # fine-tune from a registry name or checkpoint path; null = train from scratch
-        "init": None,
-        # VGG19 ImageNet weights for the LTE initialisation / SRNTT's fixed extractor (from
-        # scratch) and the perceptual loss: a registry name, a torchvision .pth path, or null
-        # (random; tests only)
-        "vgg_weights": "vgg19",
-    },
+    "model": _model_defaults(),
     "data": {
         "train": None,  # CUFED root (train/input, train/ref) or a plain folder of images
         "layout": "auto",  # auto | cufed | folder
@@ -128,10 +126,11 @@ ARCH_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 # model keys that only one architecture reads (the others, n_feats/init/vgg_weights, are shared)
-ARCH_MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "ttsr": ("num_res_blocks", "res_scale", "global_skip"),
-    "srntt": ("content_blocks", "transfer_blocks", "use_weights"),
-}
+ARCH_MODEL_KEYS: dict[str, tuple[str, ...]] = {name: model_keys(name) for name in ARCHITECTURES}
+
+# the texture losses; each network names the one that applies to it (``texture_loss``)
+TEXTURE_LOSSES = {"tpl": "the transferal perceptual loss",
+                  "tex": "the Gram-matrix texture loss against swapped feature maps"}
 
 
 def _merge(base: dict, extra: dict, where: str) -> None:
@@ -250,15 +249,15 @@ def check_config(config: dict) -> dict:
             if _plain(m[key]) != _plain(DEFAULTS["model"][key]):
                 raise RefSRError(f"model.{key} is a {other} setting, but model.arch is {arch} "
                                  f"(its own: {', '.join('model.' + k for k in ARCH_MODEL_KEYS[arch])})")
-    if arch != "ttsr" and float(loss["tpl"]) > 0:
-        raise RefSRError(f"loss.tpl (the transferal perceptual loss) needs TTSR's learnable texture extractor; "
-                         f"model.arch is {arch}: set loss.tpl=0 ({arch} has the texture loss loss.tex)")
-    if arch != "srntt" and float(loss["tex"]) > 0:
-        raise RefSRError(f"loss.tex (the Gram-matrix texture loss against swapped feature maps) is SRNTT's; "
-                         f"model.arch is {arch}: set loss.tex=0 (TTSR has loss.tpl) or use model.arch=srntt")
-    if arch != "ttsr" and _plain(config["optim"]["lr_lte"]) != DEFAULTS["optim"]["lr_lte"]:
-        raise RefSRError(f"optim.lr_lte is the learning rate of TTSR's learnable texture extractor; "
-                         f"{arch}'s VGG19 is frozen (remove optim.lr_lte)")
+    net_cls = ARCHITECTURES[arch].network_cls
+    for key, what in TEXTURE_LOSSES.items():
+        if key != net_cls.texture_loss and float(loss[key]) > 0:
+            owners = "/".join(e.title for e in ARCHITECTURES.values() if e.network_cls.texture_loss == key)
+            raise RefSRError(f"loss.{key} ({what}) is {owners}'s; model.arch is {arch}: set loss.{key}=0 "
+                             f"({arch} has loss.{net_cls.texture_loss})")
+    if not net_cls.trainable_extractor and _plain(config["optim"]["lr_lte"]) != DEFAULTS["optim"]["lr_lte"]:
+        raise RefSRError(f"optim.lr_lte is the learning rate of a learnable texture extractor (TTSR's LTE); "
+                         f"{arch}'s extractor is frozen (remove optim.lr_lte)")
     if not isinstance(loss["tex_use_S"], bool):
         raise RefSRError(f"loss.tex_use_S must be true or false, got {loss['tex_use_S']!r}")
     crop = d["crop"]

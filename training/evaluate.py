@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from napari_refsr.errors import RefSRError  # noqa: E402
+from napari_refsr.normalize import from_net, to_net  # noqa: E402
 from training.data import EvalItem, eval_items  # noqa: E402
 
 __all__ = ["metric_image", "psnr_ssim", "evaluate_network", "load_network", "main"]
@@ -40,7 +41,7 @@ _Y = np.array([65.738, 129.057, 25.064]) / 256.0  # BT.601 as MATLAB rgb2ycbcr (
 def metric_image(x: torch.Tensor, *, quantize: bool, gray: bool) -> np.ndarray:
     """(3, H, W) image in [-1, 1] → (H, W) float64 on the 0..255 scale: Y for RGB, the mean
     channel for grayscale; rounded to 8 bits first when the data are 8-bit."""
-    v = (x.detach().float().cpu().numpy().astype(np.float64) + 1.0) * 127.5
+    v = from_net(x.detach().float().cpu().numpy().astype(np.float64))
     if quantize:
         v = np.clip(np.round(v), 0, 255)
     if gray:
@@ -89,7 +90,7 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
             bic = metric_image(x["lr_up"][0], quantize=item.quantize, gray=item.gray)
             row = {"image": item.name}
             row["psnr_bicubic"], row["ssim_bicubic"] = psnr_ssim(bic, hr)
-            refs, refs_du = x["refs"], x["refs_down_up"]
+            refs, refs_du = x["ref"], x["ref_down_up"]
             if uninformative_ref:
                 refs, refs_du = [x["lr_up"]], [_down_up_net(x["lr_up"], item.quantize)]
             if network is not None:
@@ -115,26 +116,21 @@ def _down_up_net(img: torch.Tensor, quantize: bool) -> torch.Tensor:
     """Ref↓↑ of an image in [-1, 1], on the 8-bit grid when the data are 8-bit (as the pipeline)."""
     from napari_refsr.resize import down_up
 
-    return down_up((img + 1) * 127.5, 4, quantize=quantize) / 127.5 - 1
+    return to_net(down_up(from_net(img), 4, quantize=quantize))
 
 
 def load_network(source: str, device: torch.device) -> tuple[torch.nn.Module, str]:
     """A network from a registry name, an inference checkpoint or a training checkpoint."""
-    from training.checkpoints import TRAIN_FORMAT, load_training_checkpoint
+    from training.checkpoints import load_training_checkpoint, network_from_checkpoint
 
     path = Path(source).expanduser()
     if path.is_file():
         try:
-            head = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            head = None
-        if isinstance(head, dict) and head.get("format") == TRAIN_FORMAT:
-            from napari_refsr.model import build_network
-
             ckpt = load_training_checkpoint(path)
-            net = build_network(ckpt["model_config"])
-            net.load_state_dict(ckpt["model"])
-            return net.to(device).eval(), f"{path.name} (step {ckpt['step']})"
+        except RefSRError:  # not a training checkpoint: an inference file, read below
+            ckpt = None
+        if ckpt is not None:
+            return network_from_checkpoint(ckpt).to(device).eval(), f"{path.name} (step {ckpt['step']})"
     from napari_refsr import load_model
 
     model = load_model(source, device=device, cache=False)
@@ -207,9 +203,9 @@ def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref
 
 
 def _is_cufed(data: str) -> bool:
-    from training.data import _cufed5_dir
+    from training.data.evalsets import cufed5_dir
 
-    return _cufed5_dir(Path(data).expanduser()) is not None
+    return cufed5_dir(Path(data).expanduser()) is not None
 
 
 def _print_table(rows: list[dict], out) -> None:

@@ -18,15 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from napari_refsr.archs.ttsr import IMAGENET_MEAN, IMAGENET_STD, MeanShift
+from napari_refsr import weights
+from napari_refsr.archs.blocks import conv3x3, to_unit
+from napari_refsr.archs.vgg import VGG19Features
 from napari_refsr.errors import RefSRError
 
-__all__ = ["VGG19Features", "load_vgg19_state", "PerceptualLoss", "TransferalPerceptualLoss",
+__all__ = ["load_vgg19_state", "PerceptualLoss", "TransferalPerceptualLoss",
            "gram_matrix", "TextureLoss", "Discriminator", "WGANGP", "reconstruction_loss"]
-
-# torchvision's vgg19().features configuration, up to relu5_1 (index 29)
-_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512]
-
 
 def reconstruction_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "l1") -> torch.Tensor:
     """L1 (the reference's ``rec`` loss) or MSE (``kind="l2"``) between the SR and HR images.
@@ -44,64 +42,11 @@ def load_vgg19_state(source: str | Path | None, *, progress: bool = True) -> dic
     """torchvision VGG19 state dict from a registry name (``"vgg19"``) or a file; None → None."""
     if source is None or source == "":
         return None
-    from napari_refsr import weights
-
-    path = Path(str(source)).expanduser()
-    if not path.is_file():
-        if str(source) not in weights.REGISTRY:
-            raise RefSRError(f"VGG19 weights {source!r} are neither a file nor a registry name")
-        path = weights.fetch(str(source), progress=progress)
+    path = weights.resolve(source, progress=progress, what="VGG19 weights (model.vgg_weights)")
     state = weights.load_state_dict_file(path)
     if not any(k.startswith("features.") for k in state):
         raise RefSRError(f"{path} does not look like torchvision VGG19 weights (no 'features.*' keys)")
     return state
-
-
-class VGG19Features(nn.Module):
-    """VGG19 up to relu5_1 (torchvision layer indices 0..29), frozen; input RGB in [0, 1].
-
-    Built from plain layers so torchvision's ``features.N.*`` weights load without torchvision.
-    ``state=None`` keeps the random initialisation (tests only: the loss is then meaningless).
-    """
-
-    def __init__(self, state: dict[str, torch.Tensor] | None = None):
-        super().__init__()
-        if state is not None:
-            missing = [k for k in self.weight_names() if k not in state]
-            if missing:
-                raise RefSRError(f"VGG19 weights lack {len(missing)} tensor(s) up to relu5_1, e.g. {missing[0]}")
-        layers: list[nn.Module] = []
-        cin = 3
-        for v in _VGG19_CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
-                cin = v
-        self.features = nn.Sequential(*layers)  # 30 modules: ends with relu5_1
-        self.sub_mean = MeanShift(IMAGENET_MEAN, IMAGENET_STD)
-        if state is not None:
-            self.features.load_state_dict({k[len("features."):]: state[k] for k in self.weight_names()})
-        self.requires_grad_(False)
-        self.eval()
-
-    @staticmethod
-    def weight_names() -> list[str]:
-        """torchvision state-dict keys of the layers up to relu5_1 (``features.N.weight/bias``)."""
-        names, i = [], 0
-        for v in _VGG19_CFG:
-            if v == "M":
-                i += 1
-            else:
-                names += [f"features.{i}.weight", f"features.{i}.bias"]
-                i += 2
-        return names
-
-    def train(self, mode: bool = True) -> "VGG19Features":
-        return super().train(False)  # always a fixed feature extractor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.sub_mean(x))
 
 
 class PerceptualLoss(nn.Module):
@@ -112,9 +57,9 @@ class PerceptualLoss(nn.Module):
         self.vgg = vgg
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        sr_feat = self.vgg((sr + 1.0) / 2.0)
+        sr_feat = self.vgg(to_unit(sr))
         with torch.no_grad():
-            hr_feat = self.vgg((hr.detach() + 1.0) / 2.0)
+            hr_feat = self.vgg(to_unit(hr.detach()))
         return F.mse_loss(sr_feat.float(), hr_feat.float())
 
 
@@ -134,7 +79,7 @@ class TransferalPerceptualLoss(nn.Module):
 
     def forward(self, lte: nn.Module, sr, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
         self.lte_copy.load_state_dict(lte.state_dict())
-        lv1, lv2, lv3 = self.lte_copy((sr + 1.0) / 2.0)
+        lv1, lv2, lv3 = self.lte_copy(to_unit(sr))
         if self.use_S:
             h, w = S.shape[-2:]
             s3 = torch.sigmoid(S)
@@ -175,7 +120,7 @@ class TextureLoss(nn.Module):
 
     def forward(self, extractor: nn.Module, sr: torch.Tensor, S: torch.Tensor, M_lv3: torch.Tensor,
                 M_lv2: torch.Tensor, M_lv1: torch.Tensor) -> torch.Tensor:
-        lv1, lv2, lv3 = extractor((sr + 1.0) / 2.0)
+        lv1, lv2, lv3 = extractor(to_unit(sr))
         total = sr.new_zeros((), dtype=torch.float32)
         for i, (feat, m) in enumerate(((lv3, M_lv3), (lv2, M_lv2), (lv1, M_lv1))):
             if feat.shape != m.shape:
@@ -196,10 +141,6 @@ class TextureLoss(nn.Module):
         return total / 3.0
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=True)
-
-
 class Discriminator(nn.Module):
     """The reference discriminator: 10 3×3 convs (32→512, stride 2 every other) with
     LeakyReLU 0.2, then fc 512·(size/32)² → 1024 → 1. ``size`` is the HR crop (multiple of 32)."""
@@ -212,7 +153,7 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = []
         cin = 3
         for cout in (32, 64, 128, 256, 512):
-            layers += [_conv(cin, cout), nn.LeakyReLU(0.2), _conv(cout, cout, 2), nn.LeakyReLU(0.2)]
+            layers += [conv3x3(cin, cout), nn.LeakyReLU(0.2), conv3x3(cout, cout, 2), nn.LeakyReLU(0.2)]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.fc1 = nn.Linear((size // 32) ** 2 * 512, 1024)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from napari_refsr.weights import atomic_write
+from napari_refsr.files import atomic_write
 
 __all__ = ["plot_curves"]
 

@@ -26,10 +26,8 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal, Slot
 from qtpy.QtWidgets import QFileDialog
 
-from .. import weights
+from .. import DEFAULT_MODEL, DEFAULT_TILE, MIN_TILE, UpscaleResult, load_model, upscale_nd, weights
 from ..errors import Cancelled, RefSRError
-from ..model import DEFAULT_MODEL, load_model
-from ..pipeline import DEFAULT_TILE, MIN_TILE, UpscaleResult, upscale_nd
 from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
 
 __all__ = ["RefSRWidget", "BROWSE"]

@@ -2,12 +2,12 @@
 
 TTSR's ancestor. Textures are matched and swapped in a *fixed* VGG19 feature space, then fused
 with the LR content by a residual network at ×1, ×2 and ×4. Scale ×4; inputs and output in
-[-1, 1], like :class:`~napari_refsr.archs.ttsr.TTSR`, whose interface this network offers too
-(``encode_references``, ``forward_bank``, ``forward``, ``extract``, ``search_budget``), so the
-pipeline, the CLI and the front ends run either network.
+[-1, 1], like :class:`~napari_refsr.archs.ttsr.TTSR`; both share the interface of
+:class:`~napari_refsr.archs.base.RefSRNetwork` (``encode_references``, ``forward_bank``,
+``forward``, ``extract``), so the pipeline, the CLI and the front ends run either network.
 
 Pieces:
-* feature extractor — VGG19 up to relu3_1 (:class:`~napari_refsr.archs.ttsr.LTE`'s layers and
+* feature extractor — VGG19 up to relu3_1 (:class:`~napari_refsr.archs.vgg.LTE`'s layers and
   ImageNet normalisation), frozen: ImageNet weights, never trained.
 * matching — every 3×3 relu3_1 patch of LR↑ against every patch of Ref↓↑, inner product with the
   *reference* patch normalised: ``search(..., normalize_query=False)`` of :mod:`napari_refsr.search`.
@@ -17,33 +17,33 @@ Pieces:
 
 Layer layout follows the public PyTorch port (S-aiueo32/srntt-pytorch: no batch norm,
 LeakyReLU(0.1), sub-pixel ×2, similarity weighting ``M · sigmoid(a·S + b)`` per scale, a bilinear
-×4 skip, images in [0, 1] inside); :func:`convert_srntt_pytorch` maps its checkpoints. The
+×4 skip, images in [0, 1] inside); :func:`~napari_refsr.archs.srntt_convert.convert_srntt_pytorch`
+maps its checkpoints. The
 network works in [0, 1] internally and returns ``clamp(2·sr − 1, −1, 1)`` (clamp, not tanh).
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import search as ts
-from ..errors import RefSRError, WeightsError
-from .ttsr import LTE, TTSR, ReferenceBank, ResBlock, conv3x3, run
+from ..errors import RefSRError
+from ..search import EPS, search, transfer
+from .base import NetworkConfig, ReferenceBank, RefSRNetwork, block_counts
+from .blocks import ResBlock, conv3x3, run, to_unit
+from .vgg import LTE
 
-__all__ = ["SRNTTConfig", "SRNTT", "SRNTTOutput", "convert_srntt_pytorch", "convert_srntt_pytorch_file"]
+__all__ = ["SRNTTConfig", "SRNTT", "SRNTTOutput"]
 
 LEAK = 0.1  # LeakyReLU slope of the heads and sub-pixel layers
 
 
 @dataclass
-class SRNTTConfig:
+class SRNTTConfig(NetworkConfig):
     """Architecture of an SRNTT network (defaults: the paper's sizes as in the public port)."""
 
     n_feats: int = 64
@@ -54,27 +54,16 @@ class SRNTTConfig:
     arch: str = field(default="srntt")
 
     def __post_init__(self) -> None:
-        if isinstance(self.transfer_blocks, str):
-            self.transfer_blocks = tuple(int(n) for n in self.transfer_blocks.split("+"))
         if isinstance(self.transfer_blocks, int):
             self.transfer_blocks = (self.transfer_blocks,) * 3
-        self.transfer_blocks = tuple(int(n) for n in self.transfer_blocks)
-        if len(self.transfer_blocks) != 3 or min(self.transfer_blocks) < 0:
-            raise ValueError(f"transfer_blocks needs three counts >= 0, got {self.transfer_blocks}")
+        self.transfer_blocks = block_counts(self.transfer_blocks, 3, "transfer_blocks")
         if int(self.content_blocks) < 0:
             raise ValueError(f"content_blocks must be >= 0, got {self.content_blocks}")
         self.content_blocks = int(self.content_blocks)
-        if self.n_feats < 2 or self.n_feats % 2:
-            raise ValueError(f"n_feats must be an even number >= 2, got {self.n_feats}")
-        if self.scale != 4:
-            raise ValueError("SRNTT is defined for ×4 only (scale=4)")
+        self.check_shared("SRNTT")
         if not isinstance(self.use_weights, bool):
             raise ValueError(f"use_weights must be true or false, got {self.use_weights!r}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["transfer_blocks"] = list(self.transfer_blocks)
-        return d
 
 
 class SRNTTOutput(NamedTuple):
@@ -86,6 +75,11 @@ class SRNTTOutput(NamedTuple):
     M_lv2: torch.Tensor  # (N, 128, 2H, 2W) swapped relu2_1
     M_lv1: torch.Tensor  # (N, 64, 4H, 4W) swapped relu1_1
     index: torch.Tensor  # (N, H, W) matched global patch index into the reference set
+
+    @property
+    def textures(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(M_lv3, M_lv2, M_lv1): what the texture loss compares with."""
+        return self.M_lv3, self.M_lv2, self.M_lv1
 
 
 class ContentExtractor(nn.Module):
@@ -126,8 +120,11 @@ def _patch_norms(x: torch.Tensor) -> torch.Tensor:
     return energy.clamp_min(0).sqrt()
 
 
-class SRNTT(nn.Module):
+class SRNTT(RefSRNetwork):
     """The full SRNTT model: frozen VGG19 + matching/swapping + content extractor + texture transfer."""
+
+    texture_loss = "tex"  # Gram matrices of the SR image's VGG features against the swapped maps M
+    trainable_extractor = False  # the VGG19 stays as loaded (ImageNet weights)
 
     TEXTURE_CHANNELS = (256, 128, 64)  # relu3_1, relu2_1, relu1_1
 
@@ -151,7 +148,10 @@ class SRNTT(nn.Module):
                 nn.init.zeros_(module.bias)
         self.vgg = LTE()  # after the init above: keeps its own until load_vgg19
         self.vgg.requires_grad_(False)
-        self.search_budget = ts.DEFAULT_BUDGET
+
+    @property
+    def texture_extractor(self) -> LTE:
+        return self.vgg
 
     def load_vgg19(self, vgg_state: Mapping[str, torch.Tensor]) -> None:
         """Load the fixed feature extractor from torchvision VGG19 ImageNet weights
@@ -162,31 +162,28 @@ class SRNTT(nn.Module):
     @torch.no_grad()
     def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frozen VGG19 relu1_1, relu2_1, relu3_1 of images in [-1, 1] (no gradients)."""
-        return self.vgg((x.detach() + 1.0) / 2.0)
-
-    # same encoding as TTSR: keys = relu3_1 of Ref↓↑, values = the three levels of the original Ref
-    encode_references = TTSR.encode_references
+        return super().extract(x)
 
     @torch.no_grad()
-    def swap(self, query: torch.Tensor, bank: ReferenceBank):
+    def swap(self, query: torch.Tensor, bank: ReferenceBank, search_budget: int | None = None):
         """Match and swap for one sample: ``(S, M_lv3, M_lv2, M_lv1, index)``.
 
         ``query`` is relu3_1 of LR↑ (256, H, W). j* maximises <P_i(query), P_j(key)/‖P_j(key)‖>;
         S is that best score divided by ‖P_i(query)‖: the cosine similarity, in [0, 1] for ReLU
         features (the same j* maximises it). M takes P_j*(Ref) at each level, overlaps averaged.
         """
-        score, index = ts.search(query, bank.keys, normalize_query=False, budget_bytes=self.search_budget)
+        score, index = search(query, bank.keys, normalize_query=False, budget_bytes=self._budget(search_budget))
         # float32: the squared patch energies of relu3_1 overflow float16
-        s = (score.float() / _patch_norms(query.float()).clamp_min(ts.EPS)).to(query.dtype)
-        m3 = ts.transfer(index, bank.lv3, 1, average_overlaps=True)
-        m2 = ts.transfer(index, bank.lv2, 2, average_overlaps=True)
-        m1 = ts.transfer(index, bank.lv1, 4, average_overlaps=True)
+        s = (score.float() / _patch_norms(query.float()).clamp_min(EPS)).to(query.dtype)
+        m3 = transfer(index, bank.lv3, 1, average_overlaps=True)
+        m2 = transfer(index, bank.lv2, 2, average_overlaps=True)
+        m1 = transfer(index, bank.lv1, 4, average_overlaps=True)
         return s[None], m3, m2, m1, index
 
     def synthesize(self, lr: torch.Tensor, S: torch.Tensor, m3: torch.Tensor, m2: torch.Tensor,
                    m1: torch.Tensor) -> torch.Tensor:
         """SR image in [-1, 1] from the LR image and the swapped maps (the trainable network)."""
-        x = (lr + 1.0) / 2.0  # the port's [0, 1] convention, so its weights mean the same here
+        x = to_unit(lr)  # the port's [0, 1] convention, so its weights mean the same here
         maps = [m3, m2, m1]
         if self.config.use_weights:
             for i in range(3):
@@ -199,7 +196,8 @@ class SRNTT(nn.Module):
         base = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
         return torch.clamp((residual + base) * 2.0 - 1.0, -1.0, 1.0)
 
-    def forward_bank(self, lr: torch.Tensor, lr_up: torch.Tensor, banks: Sequence[ReferenceBank]) -> SRNTTOutput:
+    def forward_bank(self, lr: torch.Tensor, lr_up: torch.Tensor, banks: Sequence[ReferenceBank], *,
+                     search_budget: int | None = None) -> SRNTTOutput:
         """SR for a batch whose references were encoded with :meth:`encode_references`."""
         if lr.dim() != 4 or lr_up.shape[:2] != lr.shape[:2] or tuple(lr_up.shape[-2:]) != (
                 lr.shape[-2] * 4, lr.shape[-1] * 4):
@@ -210,118 +208,7 @@ class SRNTT(nn.Module):
         if len(banks) != lr.shape[0]:
             raise RefSRError(f"{len(banks)} reference banks for a batch of {lr.shape[0]}")
         query = self.extract(lr_up)[2]
-        parts = [self.swap(query[b], banks[b]) for b in range(lr.shape[0])]
+        parts = [self.swap(query[b], banks[b], search_budget) for b in range(lr.shape[0])]
         s, m3, m2, m1, index = (torch.stack(p) for p in zip(*parts))
         sr = self.synthesize(lr, s, m3, m2, m1)
         return SRNTTOutput(sr, s, m3, m2, m1, index)
-
-    # the reference-style call (lr, lr_up, ref, ref_down_up), one or several references per sample
-    forward = TTSR.forward
-
-
-# --------------------------------------------------------------------------- public port checkpoints
-
-_SCALE = {"small": 0, "medium": 1, "large": 2}
-_CONV = {"0": "conv1", "2": "conv2"}  # the port's ResBlock: body.0 conv, body.1 ReLU, body.2 conv
-
-
-def _port_key(key: str) -> str | None:
-    """Our name for a key of the port's ``SRNTT``; None for a dropped one; KeyError if unknown."""
-    if m := re.fullmatch(r"content_extractor\.head\.0\.(weight|bias)", key):
-        return f"content.head.{m[1]}"
-    if m := re.fullmatch(r"content_extractor\.body\.(\d+)\.body\.([02])\.(weight|bias)", key):
-        return f"content.blocks.{m[1]}.{_CONV[m[2]]}.{m[3]}"
-    if re.fullmatch(r"content_extractor\.tail\.\d+\.(weight|bias)", key):
-        return None  # the plain (texture-free) SR branch, used only to pre-train the extractor
-    if m := re.fullmatch(r"texture_transfer\.head_(small|medium|large)\.0\.(weight|bias)", key):
-        return f"stages.{_SCALE[m[1]]}.head.{m[2]}"
-    if m := re.fullmatch(r"texture_transfer\.body_(small|medium|large)\.(\d+)\.body\.([02])\.(weight|bias)", key):
-        return f"stages.{_SCALE[m[1]]}.blocks.{m[2]}.{_CONV[m[3]]}.{m[4]}"
-    if m := re.fullmatch(r"texture_transfer\.tail_(small|medium)\.0\.(weight|bias)", key):
-        return f"stages.{_SCALE[m[1]]}.up.{m[2]}"
-    if m := re.fullmatch(r"texture_transfer\.tail_large\.([02])\.(weight|bias)", key):
-        return f"tail{1 if m[1] == '0' else 2}.{m[2]}"
-    if key == "texture_transfer.a":
-        return "weight_scale"
-    if key == "texture_transfer.b":
-        return "weight_bias"
-    raise KeyError(key)
-
-
-def convert_srntt_pytorch(
-    state_dict: Mapping[str, torch.Tensor], vgg_state: Mapping[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """A state dict of the public PyTorch port (``SRNTT(ngf, n_blocks, use_weights)``'s
-    ``content_extractor.*`` / ``texture_transfer.*``) → ``(our state dict, config dict)``.
-
-    The port keeps no VGG weights (it loads torchvision's ImageNet VGG19 at run time), so
-    ``vgg_state`` is that torchvision VGG19 state dict. The port's plain-SR branch
-    (``content_extractor.tail``) is not part of the texture-transfer output and is dropped.
-    Raises :class:`WeightsError` for keys or shapes that do not fit.
-    """
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-    out: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state.items():
-        try:
-            new = _port_key(key)
-        except KeyError:
-            unknown.append(key)
-            continue
-        if new is not None:
-            out[new] = value
-    if unknown:
-        shown = ", ".join(unknown[:3]) + (f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else "")
-        raise WeightsError(f"not an srntt-pytorch checkpoint: unrecognised keys {shown}")
-    head = out.get("content.head.weight")
-    if head is None or head.ndim != 4:
-        raise WeightsError("srntt-pytorch checkpoint lacks content_extractor.head.0.weight")
-
-    def count(prefix: str) -> int:
-        found = [int(k[len(prefix):].split(".", 1)[0]) for k in out if k.startswith(prefix)]
-        return max(found) + 1 if found else 0
-
-    try:
-        config = SRNTTConfig(n_feats=int(head.shape[0]), content_blocks=count("content.blocks."),
-                             transfer_blocks=tuple(count(f"stages.{i}.blocks.") for i in range(3)),
-                             use_weights="weight_scale" in out)
-    except ValueError as exc:
-        raise WeightsError(f"srntt-pytorch checkpoint with an impossible shape ({exc})") from None
-    vgg = LTE()
-    try:
-        vgg.load_vgg19(dict(vgg_state))
-    except (KeyError, RuntimeError) as exc:
-        raise WeightsError(f"the VGG19 weights are not a torchvision VGG19 state dict ({exc})") from None
-    out.update({f"vgg.{k}": v for k, v in vgg.state_dict().items()})
-    net = SRNTT(config)
-    try:
-        net.load_state_dict(out, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:3])
-        raise WeightsError(f"srntt-pytorch weights do not fit SRNTT {config.to_dict()}: {detail[:300]}") from None
-    return out, config.to_dict()
-
-
-def convert_srntt_pytorch_file(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    vgg: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> Path:
-    """Convert a port checkpoint (``netG_*.pth``) into our export at ``dst`` (``.pt`` or
-    ``.safetensors``), loadable with ``load_model(dst)``. ``vgg`` is a torchvision VGG19 file;
-    None fetches the registry's ``"vgg19"`` (hash-checked)."""
-    from .. import weights
-
-    state = weights.load_state_dict_file(src)
-    if isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    vgg_path = Path(vgg) if vgg is not None else weights.fetch("vgg19", cache_dir=cache_dir, progress=progress)
-    try:
-        sd, config = convert_srntt_pytorch(state, weights.load_state_dict_file(vgg_path))
-    except WeightsError as err:
-        raise WeightsError(f"{src}: {err}") from None
-    meta = {"source": "github.com/S-aiueo32/srntt-pytorch", "converted_from": Path(src).name}
-    return weights.save_checkpoint(dst, sd, config, meta)

@@ -1,11 +1,13 @@
 """TTSR: Texture Transformer Network for Image Super-Resolution (Yang et al., CVPR 2020).
 
-One file for the whole network, written to match the published model exactly: module and
-parameter names follow the reference implementation, so its checkpoints (``MainNet.*`` and
-``LTE.*`` keys) load strictly. Scale is fixed at ×4; inputs and output are in [-1, 1].
+The network, written to match the published model exactly: module and parameter names follow
+the reference implementation, so its checkpoints (``MainNet.*`` and ``LTE.*`` keys) load
+strictly (other formats: :mod:`.ttsr_convert`). Scale is fixed at ×4; inputs and output are in
+[-1, 1]; the shared interface is :class:`~napari_refsr.archs.base.RefSRNetwork`.
 
 Pieces:
-* :class:`LTE` — learnable texture extractor: VGG19 up to relu3_1 with ImageNet normalisation.
+* :class:`~napari_refsr.archs.vgg.LTE` — learnable texture extractor: VGG19 up to relu3_1 with
+  ImageNet normalisation.
 * texture search / transfer (hard and soft attention) — :mod:`napari_refsr.search`, exact
   and memory-bounded, over one or several references.
 * :class:`MainNet` — SFE, CSFI2, CSFI3 and MergeTail cross-scale feature integration.
@@ -13,21 +15,23 @@ Pieces:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import search as ts
+from ..search import relevance, search, transfer
+from .base import NetworkConfig, ReferenceBank, RefSRNetwork, block_counts
+from .blocks import conv1x1, conv3x3, res_blocks, run, up
+from .vgg import LTE
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["TTSRConfig", "TTSR", "TTSROutput", "LTE", "ReferenceBank"]
 
 
 @dataclass
-class TTSRConfig:
+class TTSRConfig(NetworkConfig):
     """Architecture of a TTSR network (defaults: the published model)."""
 
     n_feats: int = 64
@@ -38,107 +42,8 @@ class TTSRConfig:
     arch: str = field(default="ttsr")
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_res_blocks, str):
-            self.num_res_blocks = tuple(int(n) for n in self.num_res_blocks.split("+"))
-        self.num_res_blocks = tuple(int(n) for n in self.num_res_blocks)
-        if len(self.num_res_blocks) != 4 or min(self.num_res_blocks) < 0:
-            raise ValueError(f"num_res_blocks needs four counts >= 0, got {self.num_res_blocks}")
-        if self.n_feats < 2 or self.n_feats % 2:
-            raise ValueError(f"n_feats must be an even number >= 2, got {self.n_feats}")
-        if self.scale != 4:
-            raise ValueError("TTSR is defined for ×4 only (scale=4)")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["num_res_blocks"] = list(self.num_res_blocks)
-        return d
-
-
-def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride=stride, padding=0, bias=True)
-
-
-def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=True)
-
-
-def up(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Bicubic upsampling as used inside the reference network (no antialias, a=-0.75)."""
-    return F.interpolate(x, scale_factor=factor, mode="bicubic")
-
-
-class ResBlock(nn.Module):
-    def __init__(self, n_feats: int, res_scale: float = 1.0):
-        super().__init__()
-        self.res_scale = res_scale
-        self.conv1 = conv3x3(n_feats, n_feats)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(n_feats, n_feats)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.relu(self.conv1(x))) * self.res_scale + x
-
-
-def res_blocks(n: int, n_feats: int, res_scale: float) -> nn.ModuleList:
-    return nn.ModuleList(ResBlock(n_feats, res_scale) for _ in range(n))
-
-
-def run(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-    for block in blocks:
-        x = block(x)
-    return x
-
-
-class MeanShift(nn.Conv2d):
-    """Fixed 1×1 conv that maps [0, 1] RGB to ImageNet-normalised values (``LTE.sub_mean``)."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__(3, 3, kernel_size=1)
-        std_t = torch.tensor(std)
-        self.weight.data = torch.eye(3).view(3, 3, 1, 1) / std_t.view(3, 1, 1, 1)
-        self.bias.data = -torch.tensor(mean) / std_t
-        self.weight.requires_grad_(False)
-        self.bias.requires_grad_(False)
-
-
-class LTE(nn.Module):
-    """Learnable texture extractor: VGG19 features up to relu1_1 / relu2_1 / relu3_1.
-
-    Layer indices match ``torchvision.models.vgg19().features`` so VGG19 ImageNet weights and
-    reference checkpoints load by name. Input in [0, 1].
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slice1 = nn.Sequential()
-        self.slice1.add_module("0", nn.Conv2d(3, 64, 3, padding=1))
-        self.slice1.add_module("1", nn.ReLU(inplace=True))
-        self.slice2 = nn.Sequential()
-        for name, module in [("2", nn.Conv2d(64, 64, 3, padding=1)), ("3", nn.ReLU(inplace=True)),
-                             ("4", nn.MaxPool2d(2, 2)), ("5", nn.Conv2d(64, 128, 3, padding=1)),
-                             ("6", nn.ReLU(inplace=True))]:
-            self.slice2.add_module(name, module)
-        self.slice3 = nn.Sequential()
-        for name, module in [("7", nn.Conv2d(128, 128, 3, padding=1)), ("8", nn.ReLU(inplace=True)),
-                             ("9", nn.MaxPool2d(2, 2)), ("10", nn.Conv2d(128, 256, 3, padding=1)),
-                             ("11", nn.ReLU(inplace=True))]:
-            self.slice3.add_module(name, module)
-        self.sub_mean = MeanShift()
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lv1 = self.slice1(self.sub_mean(x))
-        lv2 = self.slice2(lv1)
-        lv3 = self.slice3(lv2)
-        return lv1, lv2, lv3
-
-    def load_vgg19(self, vgg_state: dict) -> None:
-        """Initialise from torchvision VGG19 weights (``features.N.weight`` keys)."""
-        own = {}
-        for key in self.state_dict():
-            if key.startswith("slice"):
-                idx, rest = key.split(".", 2)[1:]
-                own[key] = vgg_state[f"features.{idx}.{rest}"]
-        self.load_state_dict(own, strict=False)
+        self.num_res_blocks = block_counts(self.num_res_blocks, 4, "num_res_blocks")
+        self.check_shared("TTSR")
 
 
 class SFE(nn.Module):
@@ -276,20 +181,6 @@ class MainNet(nn.Module):
         return self.merge_tail(x31, x32, x33, skip)
 
 
-class ReferenceBank(NamedTuple):
-    """LTE features of one sample's reference set, computed once and reused for every tile."""
-
-    keys: list[torch.Tensor]  # level-3 features of each Ref↓↑ (C, h, w): what is searched
-    lv1: list[torch.Tensor]  # level-1 features of each Ref (64, 4h, 4w): transferred at ×4
-    lv2: list[torch.Tensor]  # (128, 2h, 2w)
-    lv3: list[torch.Tensor]  # (256, h, w)
-
-    @property
-    def shapes(self) -> list[tuple[int, int]]:
-        """Key grid (h, w) of each reference: reference pixels / 4."""
-        return [tuple(k.shape[1:]) for k in self.keys]
-
-
 class TTSROutput(NamedTuple):
     """Network output; a tuple whose first item is the SR image, as the reference returns."""
 
@@ -300,11 +191,18 @@ class TTSROutput(NamedTuple):
     T_lv1: torch.Tensor
     index: torch.Tensor  # (N, H, W) hard attention: global patch index into the reference set
 
+    @property
+    def textures(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(T_lv3, T_lv2, T_lv1): what the transferal perceptual loss compares with."""
+        return self.T_lv3, self.T_lv2, self.T_lv1
 
-class TTSR(nn.Module):
+
+class TTSR(RefSRNetwork):
     """The full TTSR model: LTE + texture search/transfer + MainNet."""
 
     normalize_query = True
+    texture_loss = "tpl"  # the transferal perceptual loss, through a frozen copy of the LTE
+    trainable_extractor = True  # the LTE learns, at its own learning rate (optim.lr_lte)
 
     def __init__(self, config: TTSRConfig | None = None, **kwargs):
         super().__init__()
@@ -312,7 +210,6 @@ class TTSR(nn.Module):
         cfg = self.config
         self.MainNet = MainNet(cfg.num_res_blocks, cfg.n_feats, cfg.res_scale)
         self.LTE = LTE()
-        self.search_budget = ts.DEFAULT_BUDGET
         if cfg.global_skip:  # start exactly at LR↑: the network learns a residual from zero.
             # A random residual at init teaches the first steps to silence it, which they do
             # fastest by killing the ReLU after conv_merge for good (seen with a scaled-down init).
@@ -320,62 +217,31 @@ class TTSR(nn.Module):
                 self.MainNet.merge_tail.conv_tail2.weight.zero_()
                 self.MainNet.merge_tail.conv_tail2.bias.zero_()
 
-    def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """LTE features of images in [-1, 1] (detached input, as in the reference)."""
-        return self.LTE((x.detach() + 1.0) / 2.0)
+    @property
+    def texture_extractor(self) -> LTE:
+        return self.LTE
 
-    def encode_references(
-        self, refs: Sequence[torch.Tensor], refs_down_up: Sequence[torch.Tensor]
-    ) -> list[ReferenceBank]:
-        """Per sample, the features of its references. Each tensor is (N or 1, 3, Hr, Wr)
-        with Hr, Wr multiples of 4; a batch of 1 is shared by all samples."""
-        n = max(r.shape[0] for r in refs)
-        banks = [ReferenceBank([], [], [], []) for _ in range(n)]
-        for ref, ref_du in zip(refs, refs_down_up):
-            if ref.shape != ref_du.shape or ref.shape[-1] % 4 or ref.shape[-2] % 4:
-                raise ValueError(f"reference and its Ref↓↑ must match and be multiples of 4, got "
-                                 f"{tuple(ref.shape)} and {tuple(ref_du.shape)}")
-            keys = self.extract(ref_du)[2]
-            lv1, lv2, lv3 = self.extract(ref)
-            for b in range(n):
-                i = b if ref.shape[0] > 1 else 0
-                banks[b].keys.append(keys[i])
-                banks[b].lv1.append(lv1[i])
-                banks[b].lv2.append(lv2[i])
-                banks[b].lv3.append(lv3[i])
-        return banks
-
-    def search_transfer(self, query: torch.Tensor, bank: ReferenceBank):
+    def search_transfer(self, query: torch.Tensor, bank: ReferenceBank, search_budget: int | None = None):
         """Hard and soft attention for one sample: (S, T_lv3, T_lv2, T_lv1, index)."""
+        budget = self._budget(search_budget)
         if torch.is_grad_enabled() and query.requires_grad:
             with torch.no_grad():
-                _, index = ts.search(query, bank.keys, normalize_query=self.normalize_query,
-                                     budget_bytes=self.search_budget)
-            s = ts.relevance(query, bank.keys, index, normalize_query=self.normalize_query)
+                _, index = search(query, bank.keys, normalize_query=self.normalize_query, budget_bytes=budget)
+            s = relevance(query, bank.keys, index, normalize_query=self.normalize_query)
         else:
-            s, index = ts.search(query, bank.keys, normalize_query=self.normalize_query,
-                                 budget_bytes=self.search_budget)
-        t3 = ts.transfer(index, bank.lv3, 1)
-        t2 = ts.transfer(index, bank.lv2, 2)
-        t1 = ts.transfer(index, bank.lv1, 4)
+            s, index = search(query, bank.keys, normalize_query=self.normalize_query, budget_bytes=budget)
+        t3 = transfer(index, bank.lv3, 1)
+        t2 = transfer(index, bank.lv2, 2)
+        t1 = transfer(index, bank.lv1, 4)
         return s[None], t3, t2, t1, index
 
-    def forward_bank(self, lr: torch.Tensor, lr_up: torch.Tensor, banks: Sequence[ReferenceBank]) -> TTSROutput:
+    def forward_bank(self, lr: torch.Tensor, lr_up: torch.Tensor, banks: Sequence[ReferenceBank], *,
+                     search_budget: int | None = None) -> TTSROutput:
         """SR for a batch whose references were encoded with :meth:`encode_references`."""
         query = self.extract(lr_up)[2]
         if len(banks) == 1 and lr.shape[0] > 1:
             banks = list(banks) * lr.shape[0]
-        parts = [self.search_transfer(query[b], banks[b]) for b in range(lr.shape[0])]
+        parts = [self.search_transfer(query[b], banks[b], search_budget) for b in range(lr.shape[0])]
         s, t3, t2, t1, index = (torch.stack(p) for p in zip(*parts))
         sr = self.MainNet(lr, s, t3, t2, t1, lr_up if self.config.global_skip else None)
         return TTSROutput(sr, s, t3, t2, t1, index)
-
-    def forward(self, lr, lr_up, ref, ref_down_up) -> TTSROutput:
-        """The reference's call: four NCHW tensors in [-1, 1] (LR, LR↑, Ref, Ref↓↑).
-
-        ``ref``/``ref_down_up`` may also be lists of tensors: several references per sample,
-        whose patches are searched together.
-        """
-        refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
-        refs_du = list(ref_down_up) if isinstance(ref_down_up, (list, tuple)) else [ref_down_up]
-        return self.forward_bank(lr, lr_up, self.encode_references(refs, refs_du))

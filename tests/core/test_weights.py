@@ -17,6 +17,7 @@ import torch
 
 from napari_refsr import weights
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig
+from napari_refsr.archs.ttsr_convert import convert_mmagic
 from napari_refsr.errors import RefSRError, WeightsError
 
 CFG = TTSRConfig(n_feats=8, num_res_blocks=(1, 2, 1, 1))
@@ -261,7 +262,7 @@ def test_list_weights_reports_cache(server, monkeypatch, tmp_path, ckpt_bytes):
 
 
 def test_packaged_weights_are_hash_checked(monkeypatch, tmp_path, tiny_state):
-    monkeypatch.setattr(weights, "_PACKAGE_DIR", tmp_path / "pkg")
+    monkeypatch.setattr(weights.store, "_PACKAGE_DIR", tmp_path / "pkg")
     packaged = tmp_path / "pkg" / "data" / "default.safetensors"
     weights.save_checkpoint(packaged, tiny_state, CFG.to_dict())
     data = packaged.read_bytes()
@@ -433,10 +434,10 @@ def test_mmagic_unknown_and_missing_keys(tmp_path, tiny_state):
 def test_convert_mmagic_direct(tiny_state):
     sd = {to_mmagic(k): v for k, v in tiny_state.items()}
     sd["discriminator.x.weight"] = torch.zeros(1)
-    out = weights.convert_mmagic(sd)
+    out = convert_mmagic(sd)
     assert out.keys() == tiny_state.keys()
     with pytest.raises(WeightsError, match="unrecognised"):
-        weights.convert_mmagic({"generator.sfe.body.0.conv3.weight": torch.zeros(1)})
+        convert_mmagic({"generator.sfe.body.0.conv3.weight": torch.zeros(1)})
 
 
 # --------------------------------------------------------------------------- bad files

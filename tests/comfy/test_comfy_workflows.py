@@ -1,5 +1,5 @@
 """The example workflows: where ComfyUI's template browser finds them, and valid against the pack's
-nodes and the core node list recorded from a real ComfyUI (tests/comfy_standin/core_nodes.json).
+nodes and the core node list recorded from a real ComfyUI (tests/comfy/comfy_standin/core_nodes.json).
 
 Both were also loaded from the template browser and run in a real ComfyUI server (docs/comfyui.md).
 """

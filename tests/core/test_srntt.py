@@ -16,7 +16,8 @@ from skimage import data
 
 import napari_refsr as rs
 from napari_refsr import imageio, search, weights
-from napari_refsr.archs.srntt import SRNTT, SRNTTConfig, SRNTTOutput, convert_srntt_pytorch, convert_srntt_pytorch_file
+from napari_refsr.archs.srntt import SRNTT, SRNTTConfig, SRNTTOutput
+from napari_refsr.archs.srntt_convert import convert_srntt_pytorch
 from napari_refsr.archs.ttsr import ReferenceBank
 from napari_refsr.errors import RefSRError, WeightsError
 
@@ -359,7 +360,7 @@ def test_converted_file_loads_and_upscales(tmp_path):
     src, vgg = tmp_path / "netG_100.pth", tmp_path / "vgg19.pth"
     torch.save(port_state_dict(), src)
     torch.save(vgg19_state(), vgg)
-    dst = convert_srntt_pytorch_file(src, tmp_path / "srntt.safetensors", vgg=vgg)
+    dst = weights.convert_srntt_pytorch_file(src, tmp_path / "srntt.safetensors", vgg=vgg)
     model = rs.load_model(dst, device="cpu", cache=False)
     assert model.arch == "srntt" and model.meta["converted_from"] == "netG_100.pth"
     torch.testing.assert_close(model.network.tail1.weight, port_state_dict()["texture_transfer.tail_large.0.weight"])

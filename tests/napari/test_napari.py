@@ -30,7 +30,8 @@ pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-refsr"
 WIDGET = "Reference super-resolution"
-MANIFEST = Path(__file__).resolve().parents[1] / "napari.yaml"
+REPO = Path(__file__).resolve().parents[2]
+MANIFEST = REPO / "napari_refsr" / "napari.yaml"  # the copy that ships in the wheel
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +95,11 @@ def _footprint(layer, corner_lo, corner_hi):
 
 
 # --------------------------------------------------------------------------- manifest and menu
+
+
+def test_top_level_manifest_is_the_shipped_one():
+    """The top-level napari.yaml (the fixed repository layout) must not drift from the package's."""
+    assert (REPO / "napari.yaml").read_bytes() == MANIFEST.read_bytes()
 
 
 def test_manifest_validates_with_imports():

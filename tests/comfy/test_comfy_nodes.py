@@ -1,4 +1,4 @@
-"""The ComfyUI node pack against a stand-in of the ComfyUI modules it calls (tests/comfy_standin).
+"""The ComfyUI node pack against a stand-in of the ComfyUI modules it calls (tests/comfy/comfy_standin).
 
 Real parts everywhere else: a tiny TTSR checkpoint saved into the stand-in's models/refsr, the real
 core, a real HTTP server on 127.0.0.1 for the download path. The run in a real ComfyUI server is
@@ -376,11 +376,11 @@ def test_out_of_memory_retries_with_smaller_tiles(model, scene, monkeypatch):
     original = model.network.forward_bank
     tiles = []
 
-    def flaky(lr_t, up_t, banks):
+    def flaky(lr_t, up_t, banks, **kwargs):
         tiles.append(tuple(lr_t.shape[-2:]))
         if len(tiles) == 1:
             raise mm.OOM_EXCEPTION("CUDA out of memory. Tried to allocate 4.00 GiB")
-        return original(lr_t, up_t, banks)
+        return original(lr_t, up_t, banks, **kwargs)
 
     monkeypatch.setattr(model.network, "forward_bank", flaky)
     out, mask = run(cn.RefSRUpscale, image=lr, reference=ref, refsr_model=model, tile_size=64)
@@ -390,7 +390,7 @@ def test_out_of_memory_retries_with_smaller_tiles(model, scene, monkeypatch):
 
 
 def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monkeypatch):
-    def always(*args):
+    def always(*args, **kwargs):
         raise mm.OOM_EXCEPTION("CUDA out of memory.")
 
     monkeypatch.setattr(model.network, "forward_bank", always)
@@ -423,10 +423,10 @@ def test_interrupt_without_a_progress_hook_stops_the_node(model, scene, monkeypa
     original = model.network.forward_bank
     tiles = []
 
-    def cancel_after_first(*args):
+    def cancel_after_first(*args, **kwargs):
         tiles.append(1)
         mm.interrupt_current_processing(True)
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(model.network, "forward_bank", cancel_after_first)
     with pytest.raises(mm.InterruptProcessingException):

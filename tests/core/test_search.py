@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from napari_refsr import search as ts
 
-_spec = importlib.util.spec_from_file_location("refsr_bench_search", Path(__file__).parents[1] / "bench" / "search.py")
+_spec = importlib.util.spec_from_file_location("refsr_bench_search", Path(__file__).parents[2] / "bench" / "search.py")
 _bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_bench)
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 STANDIN = Path(__file__).resolve().parent
-ROOT = STANDIN.parents[1]  # the repository: the node pack as ComfyUI-Manager clones it
+ROOT = STANDIN.parents[2]  # the repository: the node pack as ComfyUI-Manager clones it
 CORE_NODES = STANDIN / "core_nodes.json"  # recorded from a real ComfyUI (record_core_nodes.py)
 
 

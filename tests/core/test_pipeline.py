@@ -163,11 +163,11 @@ def test_out_of_memory_halves_the_tile_and_retries(tiny_model, astronaut, monkey
     real = type(tiny_model.network).forward_bank
     sizes = []
 
-    def flaky(self, lr_t, up_t, banks):
+    def flaky(self, lr_t, up_t, banks, **kwargs):
         sizes.append(lr_t.shape[-1])
         if lr_t.shape[-1] > 32:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, lr_t, up_t, banks)
+        return real(self, lr_t, up_t, banks, **kwargs)
 
     monkeypatch.setattr(type(tiny_model.network), "forward_bank", flaky)
     got = rs.upscale_detailed(tiny_model, lr, ref, tile=128, device="cpu")
@@ -176,7 +176,7 @@ def test_out_of_memory_halves_the_tile_and_retries(tiny_model, astronaut, monkey
 
 
 def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(tiny_model, astronaut, monkeypatch):
-    def always(self, *a):
+    def always(self, *a, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(type(tiny_model.network), "forward_bank", always)

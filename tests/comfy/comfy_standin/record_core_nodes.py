@@ -1,6 +1,6 @@
 """Record the node list of a running ComfyUI server for the example-workflow tests.
 
-    python tests/comfy_standin/record_core_nodes.py http://127.0.0.1:8188
+    python tests/comfy/comfy_standin/record_core_nodes.py http://127.0.0.1:8188
 
 Reads ``GET /object_info`` and ``GET /system_stats`` and writes ``core_nodes.json`` beside this file:
 for every node of ComfyUI itself (``nodes``, ``comfy_extras``; custom and API nodes left out) its

@@ -34,11 +34,13 @@ from napari_refsr.weights import read_checkpoint
 from training import evaluate, train
 from training.checkpoints import CheckpointManager, atomic_torch_save, load_training_checkpoint
 from training.config import ARCH_DEFAULTS, DEFAULTS, check_config, load_config, network_config
-from training.data import (CUFEDTrainSet, Degradation, FolderTrainSet, _split_crop, build_train_set,
-                           eval_items, list_images)
-from training.losses import Discriminator, TextureLoss, VGG19Features, WGANGP, gram_matrix, reconstruction_loss
+from training.checkpoints import export_model
+from training.data import CUFEDTrainSet, Degradation, FolderTrainSet, build_train_set, eval_items, list_images
+from training.data.trainsets import _split_crop
+from training.losses import Discriminator, TextureLoss, WGANGP, gram_matrix, reconstruction_loss
+from napari_refsr.archs.vgg import VGG19Features
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_PY = REPO / "training" / "train.py"
 TINY = ["model.n_feats=8", "model.num_res_blocks=[1,1,1,1]", "model.vgg_weights=null", "data.crop=32",
         "data.min_ref=16", "data.workers=0", "train.batch=2", "train.threads=1", "run.progress=false"]
@@ -279,7 +281,7 @@ def test_bad_data_folders_give_clear_errors(tmp_path, capsys):
     assert rc == 2 and "error:" in err and "holds no images" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
     with pytest.raises(RefSRError, match="multiple of 32"):
-        train.check_config(load_config(None, ["data.crop=48"]))
+        check_config(load_config(None, ["data.crop=48"]))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -386,7 +388,7 @@ def test_fine_tune_from_checkpoint_rec_only(tmp_path):
     data = make_folder(tmp_path / "data", n=2)
     torch.manual_seed(1)
     net = TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1)))
-    init = train.export_model(net, tmp_path / "init.pt")
+    init = export_model(net, tmp_path / "init.pt")
     out = tmp_path / "ft"
     assert train.main(["--data", str(data), "--out", str(out), "--init", str(init), "--rec-only", "--steps", "1",
                        *TINY]) == 0
@@ -498,7 +500,7 @@ def test_evaluate_cufed5_folder_against_bicubic(tmp_path, capsys):
         for k in range(6):
             write_png(cufed5 / f"{i:03d}_{k}.png", texture(42 + k, 50, seed=10 * i + (k > 0)))
     torch.manual_seed(0)
-    model_path = train.export_model(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))), tmp_path / "m.pt")
+    model_path = export_model(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))), tmp_path / "m.pt")
     items = eval_items(tmp_path / "CUFED", level="all")
     assert len(items) == 2 and len(items[0].refs) == 5 and items[0].hr.shape == (3, 40, 48)  # cropped to ×4
     csv_path = tmp_path / "res.csv"
@@ -527,7 +529,7 @@ def test_evaluate_with_an_uninformative_reference(tmp_path, capsys):
     folder = tmp_path / "plain"
     write_png(folder / "a.png", texture(48, 96, seed=3))
     torch.manual_seed(0)
-    model_path = train.export_model(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))), tmp_path / "m.pt")
+    model_path = export_model(TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1))), tmp_path / "m.pt")
     items = eval_items(folder)
     real = evaluate.evaluate_network(rs.load_model(model_path, device="cpu", cache=False).network, items)
     csv_path = tmp_path / "res.csv"
@@ -607,7 +609,7 @@ def test_srntt_config_paper_defaults_and_arch_errors(tmp_path, capsys):
         (["arch=esrgan"], "model.arch must be one of ttsr, srntt"),
     ]:
         with pytest.raises(RefSRError, match=match):
-            train.check_config(load_config(None, overrides))
+            check_config(load_config(None, overrides))
     with pytest.raises(RefSRError, match="unknown config key 'model.content_block'"):
         load_config(None, ["arch=srntt", "model.content_block=2"])
     # through the command line: TTSR's file with --model srntt is a one-line error, before any work

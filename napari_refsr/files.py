@@ -1,0 +1,52 @@
+"""Writing files safely: a reader sees the old file or the whole new one, never half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+__all__ = ["atomic_write", "fsync_dir", "remove_file"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename it into place:
+    readers see the old file or the whole new one, never half a file. Exceptions propagate and
+    leave no temp file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp_name, "wb") as f:  # a named file: some writers (tifffile) need f.name
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    finally:
+        remove_file(Path(tmp_name))
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the rename durable where the OS allows it (POSIX); harmless elsewhere."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: Path) -> None:
+    """Delete ``path`` if it exists."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
