@@ -13,12 +13,14 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 
 import pytest
 import torch
 
-from comfy_standin import ROOT, STANDIN
+from comfy_standin import ROOT
+from comfy_standin.checkout import copy_checkout, load_pack_script
 
 REPOSITORY = "https://github.com/napari-refsr/napari-refsr"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -68,26 +70,8 @@ def test_docs_name_the_repository_and_no_placeholder():
     assert REPOSITORY in (ROOT / "README.md").read_text()
 
 
-def _tracked_files() -> list[str]:
-    """What a clone of this checkout holds (tracked files, and new ones not ignored)."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         check=True, capture_output=True).stdout.decode()
-    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
-
-
-LOAD_LIKE_COMFYUI = r"""
-import asyncio, importlib.util, json, os, sys
-standin, pack = sys.argv[1], sys.argv[2]
-sys.path.insert(0, standin)  # ComfyUI's own modules (folder_paths, comfy, comfy_api)
-name = pack.replace(".", "_x_")  # what ComfyUI's load_custom_node does with a pack folder
-spec = importlib.util.spec_from_file_location(name, os.path.join(pack, "__init__.py"))
-module = importlib.util.module_from_spec(spec)
-sys.modules[name] = module
-try:
-    spec.loader.exec_module(module)
-except Exception as err:
-    print(json.dumps({"import_failed": f"{type(err).__name__}: {err}"}))
-    raise SystemExit(0)
+AFTER_LOADING = r"""
+import asyncio, json, os
 import folder_paths, napari_refsr, torch
 nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
 loader, upscale = nodes
@@ -99,6 +83,14 @@ print(json.dumps({"nodes": [n.define_schema().node_id for n in nodes], "core": n
                   "shape": list(out.shape), "equal_channels": bool((out[..., 0] == out[..., 2]).all()),
                   "inputs": sorted(os.listdir(folder_paths.get_input_directory()))}))
 """
+
+
+def _script(pack) -> str:
+    """Load the pack as ComfyUI does; an import error is printed as ComfyUI's log would show it."""
+    return ("import json\ntry:\n" + textwrap.indent(load_pack_script(pack), "    ")
+            + "except Exception as err:\n"
+              "    print(json.dumps({'import_failed': f'{type(err).__name__}: {err}'}))\n"
+              "    raise SystemExit(0)\n" + AFTER_LOADING)
 
 
 @pytest.mark.timeout(900)
@@ -120,16 +112,12 @@ def test_manager_style_install_in_a_fresh_venv_imports_the_pack(tmp_path):
 
     pip(f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow")  # what every ComfyUI has
     torch_version = installed("torch")
-    pack = tmp_path / "ComfyUI" / "custom_nodes" / "napari-refsr"
-    for rel in _tracked_files():
-        (pack / rel).parent.mkdir(parents=True, exist_ok=True)
-        (pack / rel).write_bytes((ROOT / rel).read_bytes())
+    pack = copy_checkout(tmp_path / "ComfyUI" / "custom_nodes" / "napari-refsr")
     script = tmp_path / "load_like_comfyui.py"
-    script.write_text(LOAD_LIKE_COMFYUI)
+    script.write_text(_script(pack))
 
     def load():
-        run = subprocess.run([py, "-I", str(script), str(STANDIN), str(pack)], capture_output=True, text=True,
-                             env=env, cwd=tmp_path)
+        run = subprocess.run([py, "-I", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
         return json.loads(run.stdout.strip().splitlines()[-1])
 
