@@ -50,9 +50,10 @@ def upscale_by_kind(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], p
     b, h, w, c = lr.shape
     images = np.empty((b, h * 4, w * 4, c), dtype=np.float32)
     confidence = np.empty((b, h * 4, w * 4), dtype=np.float32)
+    shares = _Shares(progress, b)
     first = 0  # images of the batch already done, for the progress of a later run
     for idx, gray in split_batch(lr):
-        run_progress = progress if len(idx) == b else _part_of(progress, first, len(idx), b)
+        run_progress = progress if len(idx) == b else shares.part(first, len(idx))
         result = upscale_nd(model, lr[idx][..., :1] if gray else lr[idx], [as_gray(r) for r in refs] if gray else refs,
                             spatial_axes=(1, 2), channel_axis=3, progress=run_progress, **options)
         images[idx] = np.repeat(result.image, 3, axis=-1) if gray else result.image
@@ -61,12 +62,21 @@ def upscale_by_kind(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], p
     return images, confidence
 
 
-def _part_of(progress: Progress, first: int, n: int, b: int) -> Progress:
-    """Progress of a run over ``n`` of ``b`` images, ``first`` of them done before, as progress over
-    all ``b`` (every image of a ComfyUI batch has the same size, hence the same tiles)."""
+class _Shares:
+    """Progress of runs over parts of a batch, reported as one bar over all ``b`` images: the first
+    run's steps per image set the scale, later runs are stretched to it, so the total never changes
+    and the count ends exactly at it."""
 
-    def report(done: int, total: int) -> None:
-        per_image = total / n
-        progress(round(first * per_image + done), round(b * per_image))
+    def __init__(self, progress: Progress, b: int) -> None:
+        self.progress, self.b, self.per_image = progress, b, None
 
-    return report
+    def part(self, first: int, n: int) -> Progress:
+        """The callback of a run over ``n`` images, ``first`` of the batch done before it."""
+
+        def report(done: int, total: int) -> None:
+            if self.per_image is None:
+                self.per_image = total / n
+            value = first * self.per_image + done * n * self.per_image / total
+            self.progress(round(value), round(self.b * self.per_image))
+
+        return report
