@@ -4,9 +4,13 @@
 
     refsr upscale LR.png REF.png [REF2.png ...] -o OUT.png [--model NAME|PATH] [--tile N]
           [--device D] [--half] [--confidence CONF.png] [--source SOURCE.tif] [--quiet]
+    refsr upscale BIG.ome.zarr|BIG.tif REF.tif -o OUT.ome.zarr [--scheduler threads|processes|ADDRESS]
+          [--workers N] [--chunk N] [--channels auto|colour|separate]
     refsr weights list
     refsr weights fetch NAME
     refsr weights pin NAME [SHA256]
+    refsr export-bioimageio MODEL -o PACKAGE.zip [--channels 1|3] [--name N] [--author A ...]
+          [--licence SPDX] [--test-image LR --test-reference REF]
 
 A multi-page TIFF LR is a stack: every page is upscaled against the same references and the result
 is a multi-page TIFF. Outputs keep the LR's dtype and channels; a TIFF's resolution is multiplied by
@@ -17,6 +21,10 @@ int32 map with, per LR pixel, the reference number and the (row, column) its tex
 Exit status: 0 success; 2 usage or input error (bad file, image, option, checkpoint or weights —
 any :class:`~napari_refsr.RefSRError`); 1 other I/O error or out of memory; 130 interrupted. Errors
 are one line ``refsr: error: <message>`` on stderr, and no output file is written.
+
+An ``.ome.zarr`` output (or a zarr input) runs out of core (:mod:`napari_refsr.large`, the ``[large]``
+extra): chunk by chunk with halos, on dask's threaded scheduler or a dask.distributed cluster, with a
+progress bar over chunks; the OME-Zarr gets a multiscale pyramid and appears only when complete.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import numpy as np
 
 from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
 from .errors import Cancelled, RefSRError
+from .large.paths import DEFAULT_CHUNK, is_zarr_path
 from .normalize import MIN_SIZE, check_image
 from .paths import check_no_clash
 from .pipeline import MIN_REF
@@ -86,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--source", metavar="SOURCE.tif", default=None,
                     help="also write the texture source map (reference, row, column per LR pixel; TIFF only)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    big = up.add_argument_group("out of core (an .ome.zarr output; needs the [large] extra)")
+    big.add_argument("--scheduler", default=None, metavar="S",
+                     help="threads (default), processes (a local dask cluster) or a dask scheduler address")
+    big.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                     help="threads, or worker processes for --scheduler processes")
+    big.add_argument("--chunk", type=_positive_int, default=DEFAULT_CHUNK, metavar="N",
+                     help="LR pixels per chunk along Y and X (default: %(default)s)")
+    big.add_argument("--channels", choices=("auto", "colour", "separate"), default="auto",
+                     help="a C axis as RGB colour or as separate grayscale channels (default: %(default)s)")
     up.set_defaults(func=_cmd_upscale)
 
     w = sub.add_parser("weights", help="list or download named model weights")
@@ -104,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("name", metavar="NAME")
     wp.add_argument("sha256", metavar="SHA256", nargs="?", help="the full 64-hex-digit sha256 to enforce")
     wp.set_defaults(func=_cmd_weights_pin)
+
+    ex = sub.add_parser("export-bioimageio", help="write a bioimage.io model package (zip, spec 0.5)",
+                        description="Package a model for bioimage.io tools (needs the bioimageio extra).")
+    ex.add_argument("model", metavar="MODEL", help="registry name or checkpoint file")
+    ex.add_argument("-o", "--output", required=True, metavar="PACKAGE.zip")
+    ex.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                    help="channels per input: 3 (RGB) or 1 (grayscale) (default: %(default)s)")
+    ex.add_argument("--name", default=None, help="model name in the package (default: from MODEL)")
+    ex.add_argument("--author", action="append", default=None, metavar="NAME", help="an author (repeatable)")
+    ex.add_argument("--licence", "--license", default=None, metavar="SPDX",
+                    help="SPDX licence id (default: the registry entry's, else MIT)")
+    ex.add_argument("--test-image", default=None, metavar="LR",
+                    help="LR image for the test tensors and cover (default: a scikit-image sample)")
+    ex.add_argument("--test-reference", default=None, metavar="REF", help="its reference (with --test-image)")
+    ex.set_defaults(func=_cmd_export_bioimageio)
     return parser
 
 
@@ -150,9 +183,10 @@ def _confidence_for(path: str, conf: np.ndarray) -> np.ndarray:
 class _Progress:
     """A tqdm bar on stderr fed by the core's progress(done, total) callback."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, unit: str = "tile"):
         self.bar = None
         self.enabled = enabled
+        self.unit = unit
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
@@ -164,7 +198,7 @@ class _Progress:
                 ncols = os.get_terminal_size(sys.stderr.fileno()).columns or 80
             except (OSError, ValueError, AttributeError):
                 ncols = 80
-            self.bar = tqdm(total=total, unit="tile", file=sys.stderr, desc=PROG, leave=False, ncols=ncols)
+            self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, desc=PROG, leave=False, ncols=ncols)
         if self.bar.total != total:
             self.bar.total = total
         self.bar.n = done
@@ -187,9 +221,38 @@ def _check_paths(args: argparse.Namespace) -> None:
     check_no_clash(inputs, outputs)
 
 
+def _out_of_core(args: argparse.Namespace) -> bool:
+    big = is_zarr_path(args.output) or is_zarr_path(args.lr) or args.scheduler is not None
+    if big and not is_zarr_path(args.output):
+        raise RefSRError(f"an out-of-core run writes OME-Zarr: name the output *.ome.zarr, not {args.output}")
+    if big and (args.confidence or args.source):
+        raise RefSRError("--confidence and --source are not available for an OME-Zarr output")
+    return big
+
+
+def _cmd_upscale_large(args: argparse.Namespace, show_bar: bool) -> int:
+    from .large import check_target, upscale_file
+
+    check_target(Path(args.output))
+    refs = [_read_reference(p) for p in args.refs]
+    model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
+    bar = _Progress(show_bar, unit="chunk")
+    try:
+        out = upscale_file(model, args.lr, refs, args.output, channels=args.channels, scheduler_spec=args.scheduler,
+                           workers=args.workers, chunk=args.chunk, tile=args.tile, device=args.device,
+                           progress=bar)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"{PROG}: wrote {out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_upscale(args: argparse.Namespace) -> int:
     _check_paths(args)
     show_bar = not args.quiet and sys.stderr.isatty()
+    if _out_of_core(args):
+        return _cmd_upscale_large(args, show_bar)
     lr, meta = imageio.read_image_with_meta(args.lr)
     spatial, channel_axis, axes = _layout(meta, lr.ndim)
     _check_slices(lr, channel_axis is not None, f"image {args.lr}")
@@ -271,6 +334,21 @@ def _cmd_weights_pin(args: argparse.Namespace) -> int:
 
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     path = weights.fetch(args.name, progress=not args.quiet and sys.stderr.isatty())
+    print(path)
+    return EXIT_OK
+
+
+def _cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    from .zoo import export_bioimageio
+
+    if (args.test_image is None) != (args.test_reference is None):
+        raise RefSRError("give --test-image and --test-reference together")
+    tests = None
+    if args.test_image:
+        tests = (imageio.read_image(args.test_image), _read_reference(args.test_reference))
+    path = export_bioimageio(args.model, args.output, channels=args.channels, name=args.name,
+                             authors=args.author or ("napari-refsr developers",), licence=args.licence,
+                             test_images=tests)
     print(path)
     return EXIT_OK
 

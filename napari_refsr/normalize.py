@@ -122,8 +122,11 @@ def prepare(image, what: str = "image", *, percentiles=DEFAULT_PERCENTILES, valu
     return Prepared(t.contiguous(), quantize, arr.dtype, channels, window, alpha)
 
 
-def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4) -> np.ndarray:
-    """Network output (3, sH, sW) in [-1, 1] → the input's dtype, window and channel layout."""
+def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4, alpha: np.ndarray | None = None) -> np.ndarray:
+    """Network output (3, sH, sW) in [-1, 1] → the input's dtype, window and channel layout.
+
+    ``alpha``: the upscaled alpha (sH, sW) when the caller made it (a region of a larger image);
+    otherwise RGBA's alpha is resized here."""
     unit = (np.asarray(rgb, dtype=np.float32) + 1.0) / 2.0
     if prepared.channels in (0, 1):
         unit = unit.mean(axis=0, keepdims=True)
@@ -135,7 +138,9 @@ def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4) -> np.ndarray:
         h = _half(lo, hi)  # float64, halved if need be: (hi - lo) may exceed float32 or float64
         values = (lo * h + out.astype(np.float64) * (hi * h - lo * h)) / h
     if prepared.alpha is not None:
-        a = resize_bicubic(torch.from_numpy(prepared.alpha), (out.shape[0], out.shape[1])).clamp(0, 1).numpy()
+        if alpha is None:
+            alpha = resize_bicubic(torch.from_numpy(prepared.alpha), (out.shape[0], out.shape[1])).numpy()
+        a = np.clip(alpha, 0, 1)
         amax = 255.0 if prepared.dtype == np.uint8 else 65535.0 if prepared.dtype == np.uint16 else 1.0
         values = np.concatenate([values, (a * amax)[..., None]], axis=-1)
     if prepared.channels == 0:

@@ -25,7 +25,7 @@ from .options import MIN_SEARCH_BUDGET, MIN_TILE, check_callback, check_overlap,
 from .options import check_search_budget, check_tile, check_value_range, resolve_model
 from .resize import down_up, resize_bicubic
 from .search import DEFAULT_BUDGET, decode_index
-from .tiling import Blender, plan_tiles
+from .tiling import Blender, Tile, intersects, plan_tiles
 
 DEFAULT_TILE = 128  # LR pixels
 DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles
@@ -35,7 +35,8 @@ _LR_MARGIN = 3  # LR pixels of context that make a tile's LR↑ equal the whole 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 
-__all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "DEFAULT_TILE", "DEFAULT_OVERLAP", "MIN_TILE"]
+__all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "RegionUpscaler", "region_context",
+           "resolve_axes", "DEFAULT_TILE", "DEFAULT_OVERLAP", "MIN_TILE"]
 
 
 @dataclass
@@ -91,12 +92,11 @@ class _Engine:
                 out.index[0].cpu().numpy())
 
 
-def _prepare_refs(refs, lr: Prepared, percentiles, value_range) -> list[Prepared]:
+def _prepare_refs(refs, gray_lr: bool, percentiles, value_range) -> list[Prepared]:
     refs = _as_list(refs)
     if not refs:
         raise RefSRError("at least one reference image is needed")
     out = []
-    gray_lr = lr.channels in (0, 1)
     for i, r in enumerate(refs, 1):
         p = prepare(r, f"reference {i}", percentiles=percentiles, value_range=value_range, min_size=MIN_REF)
         if (p.channels in (0, 1)) != gray_lr:
@@ -107,12 +107,31 @@ def _prepare_refs(refs, lr: Prepared, percentiles, value_range) -> list[Prepared
     return out
 
 
-def _run_slice(engine: _Engine, lr: Prepared, tile: int, overlap: int, step: Callable[[], None]):
+@dataclass(frozen=True)
+class Window:
+    """Where an LR crop lies in its whole (``height``×``width``) image, and the ``region`` of the
+    whole image (LR pixels) whose result is wanted from it."""
+
+    y0: int
+    x0: int
+    height: int
+    width: int
+    region: Tile
+
+    def local(self, t: Tile) -> Tile:
+        """Tile ``t`` (whole-image pixels) in the crop's pixels."""
+        return Tile(t.y0 - self.y0, t.y1 - self.y0, t.x0 - self.x0, t.x1 - self.x0)
+
+
+def _run_slice(engine: _Engine, lr: Prepared, tile: int, overlap: int, step: Callable[[], None],
+               window: Window | None = None):
+    """Run and blend the tiles of the whole image's plan that meet ``window.region`` (default: all)."""
     h, w = lr.pixels.shape[1:]
-    tiles = plan_tiles(h, w, tile, overlap)
-    blend = Blender(h, w, overlap)
+    window = window or Window(0, 0, h, w, Tile(0, h, 0, w))
+    tiles = [t for t in plan_tiles(window.height, window.width, tile, overlap) if intersects(t, window.region)]
+    blend = Blender(window.height, window.width, overlap, window.region)
     for t in tiles:
-        sr, s, index = engine.run(lr, t)
+        sr, s, index = engine.run(lr, window.local(t))
         blend.add(t, "sr", np.moveaxis(sr, 0, -1), scale=4)
         blend.add(t, "S", s)
         blend.add_discrete(t, "index", index)
@@ -136,6 +155,17 @@ def _check_finite_output(sr: np.ndarray, engine: _Engine) -> None:
                          f"(damaged or overflowing weights){hint}")
 
 
+def _encode(model, refs, device, half, budget) -> _Engine:
+    """The engine with the reference set encoded; out-of-memory becomes advice."""
+    try:
+        return _Engine(model, refs, device, half, budget)
+    except Exception as err:  # noqa: BLE001 - re-raised with advice
+        if is_out_of_memory(err):
+            raise RefSRError("out of memory while encoding the reference images; use smaller "
+                             "references, fewer of them, or device 'cpu'") from err
+        raise
+
+
 class _Runner:
     """Runs slices with a shared engine, progress, cancel and out-of-memory retries."""
 
@@ -150,14 +180,7 @@ class _Runner:
 
     def _engine(self) -> _Engine:
         if self.engine is None:
-            model, refs, device, half = self.args
-            try:
-                self.engine = _Engine(model, refs, device, half, self.budget)
-            except Exception as err:  # noqa: BLE001 - re-raised with advice
-                if is_out_of_memory(err):
-                    raise RefSRError("out of memory while encoding the reference images; use smaller "
-                                     "references, fewer of them, or device 'cpu'") from err
-                raise
+            self.engine = _encode(*self.args, self.budget)
         return self.engine
 
     def _step(self) -> None:
@@ -194,6 +217,22 @@ class _Runner:
                 self.done = start  # the slice is redone with smaller tiles
 
 
+def resolve_axes(shape: Sequence[int], spatial_axes: tuple[int, int] = (-2, -1),
+                 channel_axis: int | None = None) -> tuple[list[int], tuple[int, int], int | None]:
+    """(looped axes, (Y, X), channel axis) as non-negative axes of an array of ``shape``."""
+    nd = len(shape)
+    if nd < 2:
+        raise RefSRError(f"image must have at least 2 dimensions, got shape {tuple(shape)}")
+    try:
+        ya, xa = (a % nd for a in spatial_axes)
+        ca = None if channel_axis is None else channel_axis % nd
+    except (TypeError, ValueError) as err:
+        raise RefSRError(f"invalid axes {spatial_axes}, {channel_axis}") from err
+    if ya == xa or ca in (ya, xa) or not (-nd <= spatial_axes[0] < nd and -nd <= spatial_axes[1] < nd):
+        raise RefSRError(f"spatial axes {spatial_axes} and channel axis {channel_axis} must be distinct axes of a {nd}D image")
+    return [a for a in range(nd) if a not in (ya, xa, ca)], (ya, xa), ca
+
+
 def upscale_nd(
     model: RefSRModel,
     data,
@@ -227,19 +266,10 @@ def upscale_nd(
     if data is None:
         raise RefSRError("image is missing (got None)")
     arr = np.asarray(data)
-    if arr.ndim < 2:
-        raise RefSRError(f"image must have at least 2 dimensions, got shape {arr.shape}")
     if arr.size == 0:
         raise RefSRError(f"image of shape {arr.shape} is empty (an axis of length 0): too small to upscale")
     nd = arr.ndim
-    try:
-        ya, xa = (a % nd for a in spatial_axes)
-        ca = None if channel_axis is None else channel_axis % nd
-    except (TypeError, ValueError) as err:
-        raise RefSRError(f"invalid axes {spatial_axes}, {channel_axis}") from err
-    if ya == xa or ca in (ya, xa) or not (-nd <= spatial_axes[0] < nd and -nd <= spatial_axes[1] < nd):
-        raise RefSRError(f"spatial axes {spatial_axes} and channel axis {channel_axis} must be distinct axes of a {nd}D image")
-    loop_axes = [a for a in range(nd) if a not in (ya, xa, ca)]
+    loop_axes, (ya, xa), ca = resolve_axes(arr.shape, spatial_axes, channel_axis)
     order = loop_axes + [ya, xa] + ([ca] if ca is not None else [])
     moved = np.transpose(arr, order)
     loop_shape = moved.shape[: len(loop_axes)]
@@ -255,7 +285,7 @@ def upscale_nd(
     for idx in itertools.product(*(range(n) for n in loop_shape)):
         lr = prepare(moved[idx], "image", percentiles=percentiles, value_range=value_range)
         if runner is None:
-            prepared_refs = _prepare_refs(refs, lr, percentiles, user_range)
+            prepared_refs = _prepare_refs(refs, lr.channels in (0, 1), percentiles, user_range)
             runner = _Runner(model, prepared_refs, tile=tile, overlap=overlap, device=device, half=half,
                              budget=search_budget, progress=progress, cancel=cancel, total_slices=n_slices)
         sr, s, index = runner.slice(lr)
@@ -293,3 +323,61 @@ def upscale(model: RefSRModel, lr, ref, *, tile: int = DEFAULT_TILE, device: str
     """
     res = upscale_detailed(model, lr, ref, tile=tile, device=device, progress=progress, cancel=cancel, **options)
     return (res.image, res.confidence) if return_confidence else res.image
+
+
+def region_context(tile: int = DEFAULT_TILE) -> int:
+    """LR pixels of context a region needs on each side (where the image goes on) so that
+    :class:`RegionUpscaler` gives exactly the whole image's result there: every tile of the
+    whole-image plan that meets the region (at most ``tile - 1`` pixels beyond it) plus the LR
+    margin of its LR↑."""
+    return int(tile) + _LR_MARGIN
+
+
+class RegionUpscaler:
+    """Upscales regions of one large image so that they join into exactly what :func:`upscale_nd`
+    gives for the whole image: the same tile plan and blending weights, one intensity window for
+    the whole image, and the reference set encoded once (reused by every region and thread).
+
+    ``colour``: whether the LR image has colour (references must match). ``value_range``: the whole
+    image's intensity window (required for non-uint8 images, see
+    :func:`~napari_refsr.normalize.intensity_window`); ``ref_range`` the caller's own fixed range,
+    which references use too. Out-of-memory is an error here (a smaller tile would change the plan).
+    """
+
+    def __init__(self, model: RefSRModel, refs, *, colour: bool, value_range: tuple[float, float] | None = None,
+                 ref_range: tuple[float, float] | None = None, tile: int = DEFAULT_TILE,
+                 overlap: int = DEFAULT_OVERLAP, device: str | torch.device | None = None,
+                 half: bool | None = None, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+                 search_budget: int = DEFAULT_BUDGET):
+        if tile < MIN_TILE:
+            raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
+        prepared = _prepare_refs(refs, not colour, percentiles, ref_range)
+        self.engine = _encode(model, prepared, None if device is None else choose_device(device), half,
+                              int(search_budget))
+        self.tile, self.overlap = int(tile), int(overlap)
+        self.value_range, self.percentiles = value_range, percentiles
+        self.context = region_context(tile)
+
+    def __call__(self, crop: np.ndarray, origin: tuple[int, int], size: tuple[int, int],
+                 region: tuple[int, int, int, int]) -> np.ndarray:
+        """×4 result of ``region`` (y0, y1, x0, x1 in whole-image LR pixels) of the ``size`` (H, W)
+        image, given ``crop`` (h, w[, C]) whose top-left pixel is ``origin`` in the whole image; the
+        crop must hold the region plus :func:`region_context` pixels wherever the image goes on."""
+        crop = np.asarray(crop)
+        if self.value_range is None and crop.dtype != np.uint8:
+            raise ValueError("a region of a non-uint8 image needs the whole image's value_range")
+        (oy, ox), (H, W), (y0, y1, x0, x1) = origin, size, region
+        h, w = crop.shape[:2]
+        c = self.context
+        if not (oy <= y0 and ox <= x0 and oy + h >= y1 and ox + w >= x1 and (oy == 0 or y0 - oy >= c)
+                and (ox == 0 or x0 - ox >= c) and (oy + h == H or oy + h - y1 >= c)
+                and (ox + w == W or ox + w - x1 >= c)):
+            raise ValueError(f"crop {crop.shape[:2]} at {origin} lacks the {c}-pixel context of region {region}")
+        lr = prepare(crop, "image", percentiles=self.percentiles, value_range=self.value_range)
+        window = Window(oy, ox, H, W, Tile(y0, y1, x0, x1))
+        sr, _, _ = _run_slice(self.engine, lr, self.tile, self.overlap, lambda: None, window)
+        alpha = None
+        if lr.alpha is not None:  # the crop's alpha upscaled, then cut (bicubic needs the context)
+            up = resize_bicubic(torch.from_numpy(lr.alpha), (h * 4, w * 4)).numpy()
+            alpha = up[(y0 - oy) * 4 : (y1 - oy) * 4, (x0 - ox) * 4 : (x1 - ox) * 4]
+        return restore(sr, lr, alpha=alpha)

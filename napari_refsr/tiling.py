@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Tile", "plan_tiles", "Blender"]
+__all__ = ["Tile", "plan_tiles", "intersects", "Blender"]
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,36 @@ def _ramp(n: int, lo_open: bool, hi_open: bool, overlap: int, scale: int) -> np.
     return w
 
 
-class Blender:
-    """Accumulates per-tile outputs into whole images (each output at its own scale)."""
+def intersects(t: Tile, region: Tile) -> bool:
+    """True when tile ``t`` and ``region`` share at least one pixel."""
+    return t.y0 < region.y1 and region.y0 < t.y1 and t.x0 < region.x1 and region.x0 < t.x1
 
-    def __init__(self, height: int, width: int, overlap: int):
+
+class Blender:
+    """Accumulates per-tile outputs into whole images (each output at its own scale).
+
+    With ``region`` (LR pixels of the ``height``×``width`` image) only that part is kept: tiles are
+    weighted as in the whole image, so regions blended apart join into exactly the whole result.
+    """
+
+    def __init__(self, height: int, width: int, overlap: int, region: Tile | None = None):
         self.h, self.w, self.overlap = height, width, overlap
+        self.region = region or Tile(0, height, 0, width)
         self.sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _cut(self, t: Tile, scale: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """(slices into the tile's output, slices into the region's output) of their overlap."""
+        r = self.region
+        ys, ye = max(t.y0, r.y0), min(t.y1, r.y1)
+        xs, xe = max(t.x0, r.x0), min(t.x1, r.x1)
+        tile = (slice((ys - t.y0) * scale, (ye - t.y0) * scale), slice((xs - t.x0) * scale, (xe - t.x0) * scale))
+        dest = (slice((ys - r.y0) * scale, (ye - r.y0) * scale), slice((xs - r.x0) * scale, (xe - r.x0) * scale))
+        return tile, dest
+
+    def _shape(self, scale: int) -> tuple[int, int]:
+        r = self.region
+        return (r.y1 - r.y0) * scale, (r.x1 - r.x0) * scale
 
     def weights(self, t: Tile, scale: int) -> np.ndarray:
         """Blending weights of tile ``t`` at ×``scale``: (scale·h, scale·w)."""
@@ -71,10 +94,11 @@ class Blender:
 
     def add(self, t: Tile, name: str, values: np.ndarray, scale: int = 1) -> None:
         """Blend ``values`` ((sh, sw) or (sh, sw, C): tile ``t`` at ×``scale``) into output ``name``."""
-        wt = self.weights(t, scale)
-        sl = (slice(t.y0 * scale, t.y1 * scale), slice(t.x0 * scale, t.x1 * scale))
+        src, sl = self._cut(t, scale)
+        wt = self.weights(t, scale)[src]
+        values = values[src]
         if name not in self.sums:
-            shape = (self.h * scale, self.w * scale)
+            shape = self._shape(scale)
             self.sums[name] = (np.zeros(shape + values.shape[2:]), np.zeros(shape))
         acc, acc_w = self.sums[name]
         acc[sl] += values * (wt if values.ndim == 2 else wt[..., None])
@@ -82,10 +106,12 @@ class Blender:
 
     def add_discrete(self, t: Tile, name: str, values: np.ndarray) -> None:
         """Keep ``values`` ((h, w, ...) at ×1) where this tile has the largest weight so far."""
-        wt = self.weights(t, 1)
-        sl = (slice(t.y0, t.y1), slice(t.x0, t.x1))
+        src, sl = self._cut(t, 1)
+        wt = self.weights(t, 1)[src]
+        values = values[src]
         if name not in self.best:
-            self.best[name] = (np.full((self.h, self.w), -1.0), np.zeros((self.h, self.w) + values.shape[2:], values.dtype))
+            shape = self._shape(1)
+            self.best[name] = (np.full(shape, -1.0), np.zeros(shape + values.shape[2:], values.dtype))
         best_w, out = self.best[name]
         take = wt > best_w[sl]
         out[sl][take] = values[take]

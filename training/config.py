@@ -21,6 +21,7 @@ import yaml
 
 from napari_refsr.archs.registry import ARCHITECTURES, model_keys
 from napari_refsr.errors import RefSRError
+from training.data.references import ReferenceMix
 
 __all__ = ["DEFAULTS", "ARCH_DEFAULTS", "ARCH_MODEL_KEYS", "load_config", "apply_overrides", "set_key",
            "rec_only", "check_config", "network_config"]
@@ -55,6 +56,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_max_images": None,
         "crop": 160,  # HR / Ref training crop (LR = crop / 4)
         "min_ref": 32,  # smallest usable automatic reference (pixels)
+        # plain folders without ref_dir: the mixture each crop's reference is drawn from
+        # (training/data/references.py; ranges are [low, high])
+        "reference": ReferenceMix().to_dict(),
+        # validation reference of plain 2D images: similar (the second half of the image) or
+        # overlap (a shifted, re-exposed view covering 3/4 of the held-out half)
+        "val_reference": "similar",
         "blur": 0.0,  # Gaussian blur sigma (HR pixels) before ×4 downsampling; [a, b] = random
         "noise": 0.0,  # Gaussian noise std on LR (0..1 units); [a, b] = random
         "flip": True,
@@ -286,6 +293,9 @@ def check_config(config: dict) -> dict:
         raise RefSRError(f"data.layout must be auto, cufed or folder, got {d['layout']!r}")
     if str(d["val_level"]) not in ("1", "2", "3", "4", "5", "all"):
         raise RefSRError(f"data.val_level must be 1..5 or all, got {d['val_level']!r}")
+    ReferenceMix.from_config(d["reference"])  # raises on bad probabilities / ranges
+    if d["val_reference"] not in ("similar", "overlap"):
+        raise RefSRError(f"data.val_reference must be similar or overlap, got {d['val_reference']!r}")
     if tr["amp_dtype"] not in ("auto", "float16", "bfloat16"):
         raise RefSRError(f"train.amp_dtype must be auto, float16 or bfloat16, got {tr['amp_dtype']!r}")
     return config

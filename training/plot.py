@@ -1,7 +1,8 @@
-"""A PNG of the training curves, drawn with Pillow (no plotting library needed).
+"""PNGs drawn with Pillow (no plotting library needed): the training curves and image panels.
 
-Two panels: training losses against the step (log scale), and validation PSNR of the model next
-to bicubic. Written atomically next to the CSV logs after each validation and at the end.
+The curves: training losses against the step (log scale), and validation PSNR of the model next
+to bicubic, written atomically next to the CSV logs after each validation and at the end. The
+panels: images side by side with a caption each (evaluate.py's ``--figure``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from napari_refsr.files import atomic_write
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "plot_panels"]
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127)]
@@ -101,4 +102,25 @@ def plot_curves(path: str | Path, train_rows: Sequence[dict], val_rows: Sequence
     _panel(draw, (0, 320, 900, 580), "adversarial losses (WGAN-GP: generator, critic) vs step", signed, False, font)
     val = [(name, *col(val_rows, key)) for name, key in (("model PSNR", "psnr"), ("bicubic PSNR", "psnr_bicubic"))]
     _panel(draw, (0, 580, 900, 900), "validation PSNR (dB) vs step", [s for s in val if s[1]], False, font)
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def plot_panels(path: str | Path, panels: Sequence[tuple[str, "np.ndarray"]], *, zoom: int = 1) -> Path:
+    """Write images (H, W) or (H, W, 3) uint8 side by side, each captioned, enlarged ``zoom``×
+    (nearest neighbour, so that pixels stay visible)."""
+    import numpy as np
+
+    font = ImageFont.load_default()
+    tiles = [Image.fromarray(np.ascontiguousarray(a)).convert("RGB") for _, a in panels]
+    tiles = [t.resize((t.width * zoom, t.height * zoom), Image.NEAREST) for t in tiles]
+    gap, caption = 8, 18
+    width = sum(t.width for t in tiles) + gap * (len(tiles) + 1)
+    height = max(t.height for t in tiles) + caption + 2 * gap
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    x = gap
+    for (title, _), tile in zip(panels, tiles):
+        draw.text((x, gap // 2), title, fill=(0, 0, 0), font=font)
+        img.paste(tile, (x, gap + caption))
+        x += tile.width + gap
     return atomic_write(path, lambda f: img.save(f, format="PNG"))

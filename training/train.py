@@ -104,7 +104,10 @@ def build_config(args, base: dict | None = None) -> dict:
     return config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, events=None, should_stop=None) -> int:
+    """Run the command line; ``events`` and ``should_stop`` go to the :class:`Trainer` (a GUI's
+    live plot and Stop button, see :mod:`training.job`); a RefSRError is also sent as an
+    ``error`` event."""
     args = parse_args(argv)
     dist_ctx = Dist()
     try:
@@ -135,12 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"or choose another --out")
         check_config(config)
         dist_ctx, device = init_distributed(str(config["train"]["device"]))
-        trainer = Trainer(config, dist_ctx=dist_ctx, device=device, resume=resume)
+        trainer = Trainer(config, dist_ctx=dist_ctx, device=device, resume=resume, events=events,
+                          should_stop=should_stop)
         if resume is not None and dist_ctx.main:
             trainer.log(f"resumed from {ckpt_path} at step {trainer.step} (epoch {trainer.epoch})")
         trainer.fit()
     except RefSRError as err:
         print(f"error: {err}", file=sys.stderr)
+        if events is not None:
+            events({"kind": "error", "message": str(err)})
         return 2
     finally:
         if dist_ctx.active and dist.is_initialized():

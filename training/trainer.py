@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,7 +44,14 @@ class Trainer:
     """One training run (single process or one rank of a DDP job)."""
 
     def __init__(self, config: dict, *, dist_ctx: Dist, device: torch.device, resume: dict | None = None,
-                 log=None):
+                 log=None, events: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        """``events(dict)`` hears the run on the main process — ``start`` (step, total), ``step``
+        (step, total, loss and its terms), ``val`` (the validation row), ``done`` (step, export,
+        val, stopped) — for a GUI's plot and progress. ``should_stop()`` is asked after every
+        step (on the main process, its answer shared by all); True ends the run as if it had
+        reached its last step: it validates, checkpoints and exports."""
+        self.events, self.should_stop, self.stopped = events, should_stop, False
         self.cfg = check_config(config)
         self.dist, self.device = dist_ctx, device
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -98,7 +106,7 @@ class Trainer:
         if self.has_val and dist_ctx.main:
             self.val_items = eval_items(d["val"], level=d["val_level"], ref_dir=d["val_ref_dir"],
                                         crop=d["val_crop"], max_images=d["val_max_images"],
-                                        percentiles=tuple(d["percentiles"]))
+                                        percentiles=tuple(d["percentiles"]), reference=d["val_reference"])
 
     def _vgg_state(self, resume: dict | None):
         """VGG19 weights when the perceptual loss or a fresh network's extractor needs them."""
@@ -258,6 +266,16 @@ class Trainer:
         self._last_saved = self.step
         self.dist.barrier()
 
+    def _emit(self, kind: str, **fields) -> None:
+        if self.events is not None and self.dist.main:
+            self.events({"kind": kind, **fields})
+
+    def _stop_requested(self) -> bool:
+        if self.should_stop is None:
+            return False
+        self.stopped = bool(self.dist.broadcast(bool(self.should_stop()) if self.dist.main else None))
+        return self.stopped
+
     # -- one optimisation step ------------------------------------------------------------
 
     def _autocast(self):
@@ -318,6 +336,7 @@ class Trainer:
             if self.tb is not None:
                 for k in ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic"):
                     self.tb.add_scalar(f"val/{k}", result[k], self.step)
+            self._emit("val", **result)
             self.log(f"step {self.step}: val PSNR {result['psnr']:.3f} dB / SSIM {result['ssim']:.4f} "
                      f"(bicubic {result['psnr_bicubic']:.3f} / {result['ssim_bicubic']:.4f}, {result['n']} images)")
             self.plot()
@@ -354,6 +373,7 @@ class Trainer:
                      f"{len(self.dataset)} samples "
                      f"per epoch, {self.steps_per_epoch} steps per epoch per process; "
                      f"{'resumed at step ' + str(self.step) if self.resumed else 'fresh start'}")
+        self._emit("start", step=self.step, total=self.total_steps())
         if not self.resumed and self.has_val and bool(run["val_at_start"]):
             self.validate()
         from tqdm import tqdm
@@ -363,7 +383,7 @@ class Trainer:
         acc: dict[str, list[float]] = {}
         t_start = time.perf_counter()
         busy, samples = 0.0, 0  # data + optimisation time and samples since the last log row
-        while not self._done():
+        while not self._done() and not self.stopped:
             full = self.epoch >= self.init_epochs
             self.dataset.set_epoch(self.epoch)
             self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.batch)
@@ -381,6 +401,7 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()} | {"samples/s": f"{rate:.2f}"},
                                     refresh=False)
                     bar.update(1)
+                self._emit("step", step=self.step, total=self.total_steps(), **values)
                 if self.step % log_every == 0:
                     self._log_row(acc, full, samples, busy, t_start)
                     acc, busy, samples = {}, 0.0, 0
@@ -388,7 +409,7 @@ class Trainer:
                     self._validate_and_keep_best()
                 if ckpt_every and self.step % ckpt_every == 0 and self._last_saved != self.step:
                     self.save()
-                if self.max_steps is not None and self.step >= self.max_steps:
+                if (self.max_steps is not None and self.step >= self.max_steps) or self._stop_requested():
                     break
                 t_mark = time.perf_counter()  # validation and checkpoints do not count as training time
             else:  # the epoch ran out
@@ -417,7 +438,8 @@ class Trainer:
             if result is not None:
                 meta["val"] = {k: result[k] for k in ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")}
             export_model(self.net, exported, meta)
-            self.log(f"done at step {self.step}; exported {exported}")
+            self.log(f"{'stopped' if self.stopped else 'done'} at step {self.step}; exported {exported}")
+            self._emit("done", step=self.step, export=str(exported), val=result, stopped=self.stopped)
             if self.tb is not None:
                 self.tb.close()
         self.dist.barrier()

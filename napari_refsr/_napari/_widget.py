@@ -13,13 +13,14 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
 from napari.layers import Image, Layer
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
@@ -29,14 +30,30 @@ from qtpy.QtWidgets import QFileDialog
 from .. import DEFAULT_MODEL, DEFAULT_TILE, MIN_TILE, UpscaleResult, load_model, upscale_nd, weights
 from ..errors import Cancelled, RefSRError
 from ._convert import COMPANION_KEY, SAMPLE_ROLE_KEY, LayerAxes, layer_axes, layer_data, reference_data, result_layers
+from ._large import check_store, full_resolution, is_out_of_core, store_layers, store_path, upscale_to_store
 
-__all__ = ["RefSRWidget", "BROWSE"]
+__all__ = ["RefSRWidget", "BROWSE", "announce_model", "image_layers", "model_choices"]
 
 log = logging.getLogger(__name__)
 
 BROWSE = "<browse>"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 NO_CHANNEL = -1
+
+_LIVE: "weakref.WeakSet[RefSRWidget]" = weakref.WeakSet()  # open upscale widgets
+_ANNOUNCED: list[str] = []  # checkpoints made in this session (fine-tune exports), newest first
+
+
+def announce_model(path: str | os.PathLike) -> None:
+    """A new checkpoint (a fine-tune's export) joins every upscale widget's model list now — and
+    selected there — and the list of widgets opened later."""
+    text = str(Path(path).expanduser())
+    if text in _ANNOUNCED:
+        _ANNOUNCED.remove(text)
+    _ANNOUNCED.insert(0, text)
+    for widget in list(_LIVE):
+        if not widget._closed:
+            widget.select_checkpoint(text)
 
 
 @dataclass
@@ -50,6 +67,9 @@ class _Job:
     data: Any  # the LR layer's data (maybe lazy: read in the worker)
     refs: list[Any]
     axes: LayerAxes
+    store: Path | None = None  # out of core: the OME-Zarr the result goes to
+    labels: tuple | None = None  # the layer's axis labels (OME-Zarr axis names)
+    scale: tuple = ()  # the layer's scale (the store's pixel sizes)
 
 
 @dataclass
@@ -60,6 +80,7 @@ class _Outcome:
     factor: int = 4
     message: str = ""
     seconds: float = 0.0
+    store: Path | None = None
 
 
 def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callable[[], bool]) -> _Outcome:
@@ -72,6 +93,13 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
                                                                f"{done / 2**20:.1f} of {total / 2**20:.1f} MB"))
         if cancel():
             raise Cancelled("cancelled")
+        if job.store is not None:
+            store = upscale_to_store(model, job.data, job.refs, job.axes, job.store, tile=job.tile,
+                                     labels=job.labels, scale=job.scale,
+                                     progress=lambda d, t: report(d, t, f"chunk {d} of {t}"),
+                                     cancel=cancel)
+            return _Outcome("ok", None, model.name, int(model.scale), seconds=time.perf_counter() - start,
+                            store=store)
         report(0, 0, "reading data…")
         lr = np.asarray(job.data)
         refs = [np.asarray(r) for r in job.refs]
@@ -88,6 +116,27 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
         log.exception("RefSR failed")
         return _Outcome("error", message=f"RefSR failed: {type(err).__name__}: {err}")
     return _Outcome("ok", result, model.name, int(model.scale), seconds=time.perf_counter() - start)
+
+
+def image_layers(viewer) -> list[Image]:
+    """Image layers that can be an input or a reference (not our confidence/source maps)."""
+    return [layer for layer in viewer.layers if isinstance(layer, Image) and COMPANION_KEY not in layer.metadata]
+
+
+def model_choices(extra: list[str]) -> list[tuple[str, str]]:
+    """(label, value) of every model a widget offers: registry models, the ``extra`` checkpoint
+    files, this session's announced ones, those in the models folders, then Browse."""
+    items: list[tuple[str, str]] = []
+    for name in weights.model_names():
+        cached = weights.weights_path(name).is_file()
+        items.append((name if cached else f"{name} (downloads on first use)", name))
+    seen = set()
+    for path in [Path(p) for p in list(extra) + _ANNOUNCED] + weights.find_checkpoints():
+        if str(path) not in seen:
+            seen.add(str(path))
+            items.append((f"{path.name} ({path.parent})", str(path)))
+    items.append(("Browse for a checkpoint…", BROWSE))
+    return items
 
 
 class _Relay(QObject):
@@ -122,6 +171,7 @@ class RefSRWidget(Container):
         #: ``relay.progress(done, total, message)``: a Qt signal emitted in the worker thread
         self.relay = _Relay(self._on_progress)
         self._closed = False
+        _LIVE.add(self)
 
         self.image = ComboBox(label="Low-res image", choices=self._image_choices, nullable=True)
         self.references = Select(label="References", choices=self._reference_choices)
@@ -134,6 +184,9 @@ class RefSRWidget(Container):
                                   tooltip="float16 is used on CUDA GPUs only")
         self.tile = SpinBox(label="Tile (LR px)", min=MIN_TILE, max=4096, step=16, value=DEFAULT_TILE,
                             tooltip="LR pixels per tile; smaller tiles need less memory")
+        self.store = LineEdit(label="Result store", value="",
+                              tooltip="dask, zarr or multiscale layers run out of core into this OME-Zarr "
+                                      "(empty: a new store in the temporary folder)")
         self.add_confidence = CheckBox(text="Add confidence layer", value=False)
         self.add_source = CheckBox(text="Add source-in-reference layers", value=False)
         self.run_button = PushButton(text="Run")
@@ -142,7 +195,7 @@ class RefSRWidget(Container):
         self.status = Label(label="Status", value="ready")
         buttons = Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button])
         self.extend([self.image, self.references, self.y_axis, self.x_axis, self.channel_axis, self.model,
-                     self.device, self.precision, self.tile, self.add_confidence, self.add_source, buttons,
+                     self.device, self.precision, self.tile, self.store, self.add_confidence, self.add_source, buttons,
                      self.progress, self.status])
 
         self.image.changed.connect(self._on_image_changed)
@@ -162,9 +215,7 @@ class RefSRWidget(Container):
     # ----------------------------------------------------------------------------- choices
 
     def _images(self) -> list[Image]:
-        """Image layers that can be an input or a reference (not our confidence/source maps)."""
-        return [layer for layer in self._viewer.layers
-                if isinstance(layer, Image) and COMPANION_KEY not in layer.metadata]
+        return image_layers(self._viewer)
 
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._images()]
@@ -176,7 +227,7 @@ class RefSRWidget(Container):
     def _data_axes(self) -> list[int]:
         """Data axes a user may call Y or X: all but an RGB layer's colour axis."""
         layer = self.image.value if hasattr(self, "image") else None
-        if layer is None or getattr(layer, "multiscale", False):
+        if layer is None:
             return []
         return list(range(layer.ndim))
 
@@ -199,18 +250,7 @@ class RefSRWidget(Container):
         return [("none: loop over the other axes", NO_CHANNEL)] + self._axis_choices()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        items: list[tuple[str, str]] = []
-        for name in weights.model_names():
-            cached = weights.weights_path(name).is_file()
-            items.append((name if cached else f"{name} (downloads on first use)", name))
-        paths = [Path(p) for p in self._extra_checkpoints] + weights.find_checkpoints()
-        seen = set()
-        for path in paths:
-            if str(path) not in seen:
-                seen.add(str(path))
-                items.append((f"{path.name} ({path.parent})", str(path)))
-        items.append(("Browse for a checkpoint…", BROWSE))
-        return items
+        return model_choices(self._extra_checkpoints)
 
     # ----------------------------------------------------------------------------- events
 
@@ -301,7 +341,11 @@ class RefSRWidget(Container):
         refs = list(self.references.value)
         if not refs:
             raise RefSRError("choose at least one reference layer (click to select, Ctrl/⌘-click for more)")
-        data = layer_data(layer)
+        lazy = is_out_of_core(layer)
+        data = full_resolution(layer) if lazy else layer_data(layer)
+        store = store_path(self.store.value, layer.name) if lazy else None
+        if store is not None:
+            check_store(store)
         if layer.rgb:
             axes = layer_axes(data.ndim, True)
         else:
@@ -313,7 +357,7 @@ class RefSRWidget(Container):
             raise RefSRError("choose a model or a checkpoint file")
         return _Job(model=model, device=self.device.value, half=self.precision.value == "float16",
                     tile=int(self.tile.value), data=data, refs=[reference_data(r, point) for r in refs],
-                    axes=axes)
+                    axes=axes, store=store, labels=tuple(layer.axis_labels), scale=tuple(layer.scale))
 
     def run(self, *_) -> None:
         """Start a run in a worker thread (ignored while one is running)."""
@@ -328,7 +372,7 @@ class RefSRWidget(Container):
         if job.model in weights.REGISTRY and not weights.weights_path(job.model).is_file():
             show_info(f"Downloading the '{job.model}' weights (first use only; cached in {weights.cache_dir()})")
         self._context = {"layer": self.image.value, "refs": [r.name for r in self.references.value],
-                         "axes": job.axes, "confidence": self.add_confidence.value,
+                         "axes": job.axes, "confidence": self.add_confidence.value, "tile": job.tile,
                          "source": self.add_source.value}
         self._cancel.clear()
         worker = create_worker(_execute, job, self.relay.report, self._cancel.is_set, _start_thread=False)
@@ -376,9 +420,14 @@ class RefSRWidget(Container):
         ctx = self._context
         layer = ctx["layer"]
         try:
-            tuples = result_layers(layer, ctx["axes"], outcome.result, factor=outcome.factor,
-                                   model_name=outcome.model_name, reference_names=ctx["refs"],
-                                   confidence=ctx["confidence"], source=ctx["source"])
+            if outcome.store is not None:
+                tuples = [store_layers(layer, ctx["axes"], outcome.store, factor=outcome.factor, tile=ctx["tile"],
+                                       model_name=outcome.model_name, reference_names=ctx["refs"],
+                                       labels=tuple(layer.axis_labels))]
+            else:
+                tuples = result_layers(layer, ctx["axes"], outcome.result, factor=outcome.factor,
+                                       model_name=outcome.model_name, reference_names=ctx["refs"],
+                                       confidence=ctx["confidence"], source=ctx["source"])
             new = [Layer.create(data, kwargs, kind) for data, kwargs, kind in tuples]
         except (RefSRError, ValueError, TypeError) as err:
             self._set_status(f"error: {err}")
@@ -388,7 +437,8 @@ class RefSRWidget(Container):
             self._viewer.add_layer(extra)
         self._viewer.add_layer(new[0])  # the image on top of its companions
         self._viewer.layers.selection.active = new[0]
-        self._set_status(f"done in {outcome.seconds:.1f} s: {new[0].name}")
+        where = f" (stored in {outcome.store})" if outcome.store is not None else ""
+        self._set_status(f"done in {outcome.seconds:.1f} s: {new[0].name}{where}")
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -7,14 +7,9 @@ the core called in-process on the same files, so the CLI is checked for passing 
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +107,7 @@ def test_uint16_gray_with_two_references_confidence_and_source(tmp_path, ckpt, m
         "conf.png", "lr.png", "out.png", "ref_a.tif", "ref_b.png", "src.tif"]
 
 
-def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model):
+def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model, on_terminal):
     pages = np.stack([_smooth(20, 24, 3), _smooth(20, 24, 3)])
     ref = _smooth(48, 52, 3)
     tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="rgb", resolution=(3.0, 3.0),
@@ -120,30 +115,9 @@ def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model):
     imageio.write_image(tmp_path / "ref.png", ref)
 
     # stderr on a pseudo-terminal, so the progress bar is drawn
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns
-    chunks: list[bytes] = []
-
-    def drain():
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        proc = run_cli(tmp_path, "upscale", "stack.tif", "ref.png", "-o", "out.tif", "--model", ckpt,
-                       "--device", "cpu", "--tile", "64", "--confidence", "conf.tif", stderr=slave)
-    finally:
-        os.close(slave)
-        reader.join(timeout=10)
-        os.close(master)
-    tty_text = b"".join(chunks).decode("utf-8", "replace")
+    proc, tty_text = on_terminal(lambda fd: run_cli(
+        tmp_path, "upscale", "stack.tif", "ref.png", "-o", "out.tif", "--model", ckpt, "--device", "cpu",
+        "--tile", "64", "--confidence", "conf.tif", stderr=fd))
     assert proc.returncode == 0, tty_text
     assert "tile" in tty_text and "2/2" in tty_text, tty_text
 

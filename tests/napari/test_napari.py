@@ -17,13 +17,12 @@ napari = pytest.importorskip("napari")
 torch = pytest.importorskip("torch")
 
 from napari.layers import Image, Labels  # noqa: E402
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
 import napari_refsr  # noqa: E402
 from napari_refsr import weights  # noqa: E402
-from napari_refsr._napari import _sample_data, _widget  # noqa: E402
+from napari_refsr._napari import _large, _sample_data, _widget  # noqa: E402
 from napari_refsr._napari._convert import placement  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -53,21 +52,6 @@ def tiny_checkpoint(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def errors():
-    """Error notifications shown while the test runs."""
-    seen = []
-
-    def keep(event):
-        note = event.value if hasattr(event, "value") else event
-        if str(getattr(note, "severity", "")).lower().endswith("error"):
-            seen.append(str(note.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
-
-
 def _widget_for(viewer):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     assert isinstance(widget, _widget.RefSRWidget)
@@ -87,6 +71,22 @@ def _setup(widget, lr, refs, checkpoint, monkeypatch):
 
 def _wait_idle(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def _hold_after_first_step(widget):
+    """Hold the worker right after its first tile/chunk until ``go`` is set, so a test can click
+    Cancel with no race. Returns (first step done, go, the (done, total) steps seen)."""
+    first, go, seen = threading.Event(), threading.Event(), []
+
+    def in_worker(done, total, _message):
+        if total:
+            seen.append((done, total))
+            if done == 1:
+                first.set()
+                go.wait(30)
+
+    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    return first, go, seen
 
 
 def _footprint(layer, corner_lo, corner_hi):
@@ -204,17 +204,7 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     widget = _widget_for(viewer)
     _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
 
-    # Hold the worker right after its first tile until Cancel has been clicked (no race).
-    first_tile, go, seen = threading.Event(), threading.Event(), []
-
-    def in_worker(done, total, _message):
-        if total:
-            seen.append((done, total))
-            if done == 1:
-                first_tile.set()
-                go.wait(30)
-
-    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    first_tile, go, seen = _hold_after_first_step(widget)
     n_before = len(viewer.layers)
     widget.run_button.clicked()
     qtbot.waitUntil(first_tile.is_set, timeout=120_000)
@@ -452,3 +442,97 @@ def test_placement_matches_pixel_footprints():
         fine = tuple(4 * c + 1.5 for c in point)
         np.testing.assert_allclose(out.data_to_world(fine), layer.data_to_world(point), atol=1e-9)
     assert _sample_data.downscale(np.full((8, 8), 200, np.uint8)).tolist() == [[200, 200], [200, 200]]
+
+
+# --------------------------------------------------------------------------- out of core (dask, multiscale)
+
+
+def test_dask_layer_runs_out_of_core_into_a_lazy_multiscale_layer(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                                  monkeypatch, errors, tmp_path):
+    da = pytest.importorskip("dask.array")
+    pytest.importorskip("ome_zarr")
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(5)
+    image = (rng.random((76, 80)) * 50000 + 1000).astype(np.uint16)
+    lr = viewer.add_image(da.from_array(image, chunks=(32, 32)), name="big", scale=(0.5, 0.25),
+                          translate=(10.0, -3.0), contrast_limits=(1000, 40000))
+    ref = viewer.add_image((rng.random((32, 36)) * 60000).astype(np.uint16), name="ref")
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    monkeypatch.setattr(_large, "CHUNK", 40)  # 2×2 chunks (40 + 36 by 40 + 40 LR pixels)
+    store = tmp_path / "result.ome.zarr"
+    widget.store.value = str(store)
+    seen = []
+    widget.relay.progress.connect(lambda d, t, m: seen.append((d, t, m)), Qt.ConnectionType.DirectConnection)
+
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    assert (4, 4, "chunk 4 of 4") in seen
+    out = viewer.layers["big ×4 (RefSR)"]
+    assert out.multiscale and store.is_dir() and str(store) in widget.status.value
+    assert [tuple(level.shape) for level in out.data] == [(304, 320), (152, 160)]
+    assert type(out.data[0]).__module__.startswith("dask")  # lazy: read from the store when shown
+    expected = napari_refsr.upscale_nd(napari_refsr.load_model(tiny_checkpoint, device="cpu"), image,
+                                       np.asarray(ref.data), tile=32).image
+    np.testing.assert_array_equal(np.asarray(out.data[0]), expected)
+    assert _store_scale(store) == pytest.approx([0.125, 0.0625])  # the store keeps the pixel size ÷ 4
+    lo_in, hi_in = _footprint(lr, (-0.5, -0.5), (75.5, 79.5))
+    lo_out, hi_out = _footprint(out, (-0.5, -0.5), (303.5, 319.5))
+    np.testing.assert_allclose(lo_out, lo_in, atol=1e-9)
+    np.testing.assert_allclose(hi_out, hi_in, atol=1e-9)
+
+
+def _store_scale(store):
+    """Level 0's pixel size in an OME-Zarr store."""
+    from napari_refsr import large
+
+    return large.open_levels(store)[2][0]
+
+
+def test_multiscale_layer_cancel_between_chunks_leaves_no_store(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                                monkeypatch, errors, tmp_path):
+    pytest.importorskip("ome_zarr")
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(6)
+    base = (rng.random((76, 80, 3)) * 255).astype(np.uint8)
+    lr = viewer.add_image([base, base[::2, ::2]], name="pyramid", rgb=True, multiscale=True)
+    ref = viewer.add_image((rng.random((32, 36, 3)) * 255).astype(np.uint8), name="ref", rgb=True)
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    monkeypatch.setattr(_large, "CHUNK", 40)
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(folder))  # the store it names goes here
+    first, go, seen = _hold_after_first_step(widget)
+    n_before = len(viewer.layers)
+    widget.run_button.clicked()
+    qtbot.waitUntil(first.is_set, timeout=300_000)
+    widget.cancel_button.clicked()
+    go.set()
+    _wait_idle(qtbot, widget)
+    assert seen == [(1, 4)] and widget.status.value == "cancelled" and errors == []
+    assert len(viewer.layers) == n_before
+    assert list(folder.iterdir()) == []  # neither the named store nor its temporary parts
+
+
+def test_reader_opens_an_ome_zarr_lazily(make_napari_viewer, tmp_path):
+    da = pytest.importorskip("dask.array")
+    pytest.importorskip("ome_zarr")
+    from napari_refsr import large
+
+    rgb = (np.random.default_rng(7).random((3, 300, 260)) * 255).astype(np.uint8)
+    large.write_ome_zarr(da.from_array(rgb, chunks=(3, 128, 128)), tmp_path / "rgb.ome.zarr", "CYX",
+                         scale={"Y": 0.5, "X": 0.25}, units={"Y": "micrometer", "X": "micrometer"})
+    gray = da.from_array(rgb[:2], chunks=(1, 128, 128))
+    large.write_ome_zarr(gray, tmp_path / "zstack.ome.zarr", "ZYX", scale={"Z": 2.0, "Y": 0.5, "X": 0.5})
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "rgb.ome.zarr"), plugin=PLUGIN)
+    assert layer.multiscale and layer.rgb and [tuple(s) for s in layer.data.shapes] == [(300, 260, 3), (150, 130, 3)]
+    assert type(layer.data[0]).__module__.startswith("dask")  # nothing read until shown
+    np.testing.assert_allclose(layer.scale, [0.5, 0.25])
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), np.moveaxis(rgb, 0, -1))
+    [stack] = viewer.open(str(tmp_path / "zstack.ome.zarr"), plugin=PLUGIN)
+    assert stack.multiscale and not stack.rgb and stack.data.shape == (2, 300, 260)
+    np.testing.assert_allclose(stack.scale, [2.0, 0.5, 0.5])
+    assert tuple(stack.axis_labels) == ("z", "y", "x")
