@@ -8,6 +8,7 @@
           [--workers N] [--chunk N] [--channels auto|colour|separate]
     refsr weights list
     refsr weights fetch NAME
+    refsr weights pin NAME [SHA256]
     refsr export-bioimageio MODEL -o PACKAGE.zip [--channels 1|3] [--name N] [--author A ...]
           [--licence SPDX] [--test-image LR --test-reference REF]
 
@@ -43,7 +44,10 @@ import numpy as np
 from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
 from .errors import Cancelled, RefSRError
 from .large.paths import DEFAULT_CHUNK, is_zarr_path
-from .normalize import check_image
+from .normalize import MIN_SIZE, check_image
+from .paths import check_no_clash
+from .pipeline import MIN_REF
+from .weights import pins
 
 PROG = "refsr"
 SCALE = 4
@@ -114,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("name", metavar="NAME")
     wf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     wf.set_defaults(func=_cmd_weights_fetch)
+    wp = wsub.add_parser("pin", help="pin the full sha256 of weights whose publisher gives only a prefix",
+                         description="Record the full sha256 of NAME in the weights cache (pins.json); every "
+                                     "later download or cached copy must match it. Without SHA256, the digest "
+                                     "of the verified file (downloaded now if needed) is recorded.")
+    wp.add_argument("name", metavar="NAME")
+    wp.add_argument("sha256", metavar="SHA256", nargs="?", help="the full 64-hex-digit sha256 to enforce")
+    wp.set_defaults(func=_cmd_weights_pin)
 
     ex = sub.add_parser("export-bioimageio", help="write a bioimage.io model package (zip, spec 0.5)",
                         description="Package a model for bioimage.io tools (needs the bioimageio extra).")
@@ -145,11 +156,11 @@ def _layout(meta: dict, ndim: int) -> tuple[tuple[int, int], int | None, str]:
     return (ndim - 2, ndim - 1), None, axes
 
 
-def _check_slices(array: np.ndarray, has_channels: bool, what: str) -> None:
+def _check_slices(array: np.ndarray, has_channels: bool, what: str, min_size: int = MIN_SIZE) -> None:
     """The core's image check on every 2D slice, naming the file (before any long work starts)."""
     plane = array.shape[-3:] if has_channels else array.shape[-2:]
     for image in array.reshape((-1,) + plane):
-        check_image(image, what)
+        check_image(image, what, min_size)
 
 
 def _read_reference(path: str) -> np.ndarray:
@@ -157,7 +168,7 @@ def _read_reference(path: str) -> np.ndarray:
     if meta.get("is_stack"):
         raise RefSRError(f"reference {path} is a stack of shape {ref.shape}; a reference must be one 2D image "
                          "(save the page you want as its own file)")
-    _check_slices(ref, ref.ndim == 3, f"reference {path}")
+    _check_slices(ref, ref.ndim == 3, f"reference {path}", MIN_REF)
     return ref
 
 
@@ -206,6 +217,17 @@ class _Progress:
             self.bar = None
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """No output may be an input or another output, however spelled (before anything is read)."""
+    inputs = [("the image LR", args.lr)] + [(f"reference {i}", p) for i, p in enumerate(args.refs, 1)]
+    if args.model and Path(args.model).expanduser().is_file():
+        inputs.append(("the model", Path(args.model).expanduser()))
+    outputs = [("the output -o", args.output)]
+    outputs += [("--confidence", args.confidence)] if args.confidence else []
+    outputs += [("--source", args.source)] if args.source else []
+    check_no_clash(inputs, outputs)
+
+
 def _out_of_core(args: argparse.Namespace) -> bool:
     big = is_zarr_path(args.output) or is_zarr_path(args.lr) or args.scheduler is not None
     if big and not is_zarr_path(args.output):
@@ -234,6 +256,7 @@ def _cmd_upscale_large(args: argparse.Namespace, show_bar: bool) -> int:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
+    _check_paths(args)
     show_bar = not args.quiet and sys.stderr.isatty()
     if _out_of_core(args):
         return _cmd_upscale_large(args, show_bar)
@@ -300,6 +323,23 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
         state = "packaged" if r.get("packaged") else "cached" if r.get("cached") else "not downloaded"
         print(f"{r['name']:<{width}}  {state:<14}  {r.get('description', '')}")
         print(f"{'':<{width}}  {'':<14}  {r.get('path', '')}")
+        print(f"{'':<{width}}  {'':<14}  hash: {r.get('hash', '')}")
+    return EXIT_OK
+
+
+def _cmd_weights_pin(args: argparse.Namespace) -> int:
+    import pooch
+
+    spec = weights.get_spec(args.name)
+    if not spec.is_prefix_hash:
+        raise RefSRError(f"{args.name!r} is already checked against its full digest; nothing to pin")
+    path = weights.fetch(args.name, progress=sys.stderr.isatty())  # verified against the published prefix
+    actual = pooch.file_hash(str(path), alg="sha256")
+    digest = (args.sha256 or actual).strip().lower().removeprefix("sha256:")
+    if digest != actual:
+        raise RefSRError(f"{path} has sha256 {actual}, not the given {digest}; nothing was pinned")
+    where = pins.write_pin(weights.cache_dir(), args.name, digest)
+    print(f"{args.name}: sha256 {digest} pinned in {where}")
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import RefSRError
 from .files import atomic_write
+from .tempfiles import make_temp
 
 __all__ = [
     "read_image",
@@ -241,13 +242,13 @@ def _axes_for(shape: tuple[int, ...], meta: dict[str, Any] | None) -> str:
 
 def _plan(path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: dict[str, Any] | None) -> tuple[str, str]:
     """Check that ``shape``/``dtype`` can be written to ``path``; return (format, axes)."""
+    if path.is_dir():
+        raise RefSRError(f"cannot write {path}: it is a directory; give a file name such as {path / 'out.tif'}")
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise RefSRError(f"cannot write {path}: unsupported extension {path.suffix or '(none)'!r}; use .png, .jpg or .tif")
     if not path.parent.is_dir():
         raise RefSRError(f"cannot write {path}: the directory {path.parent} does not exist")
-    if path.is_dir():
-        raise RefSRError(f"cannot write {path}: it is a directory")
     dtype = np.dtype(dtype)
     if len(shape) < 2 or 0 in shape:
         raise RefSRError(f"cannot write {path}: shape {tuple(shape)} is not an image")
@@ -279,9 +280,16 @@ def check_writable(
 ) -> None:
     """Raise the RefSRError that ``write_image`` would raise for an array of this shape and dtype.
 
-    Front ends call it before long work so that a bad output name fails at once.
+    Front ends call it before long work so that a bad output name — or a folder this process may
+    not write to — fails at once, not after minutes of computation.
     """
-    _plan(Path(path), tuple(int(s) for s in shape), np.dtype(dtype), meta)
+    p = Path(path)
+    _plan(p, tuple(int(s) for s in shape), np.dtype(dtype), meta)
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or quotas
+        make_temp(p).unlink()
+    except OSError as err:
+        raise RefSRError(f"cannot write {p}: the folder {p.parent} is not writable "
+                         f"({err.strerror or err})") from None
 
 
 def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None = None) -> Path:

@@ -22,13 +22,14 @@ from .devices import choose_device, is_out_of_memory, release_memory
 from .errors import Cancelled, RefSRError
 from .model import RefSRModel
 from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore, to_net
+from .options import MIN_SEARCH_BUDGET, MIN_TILE, check_callback, check_overlap, check_percentiles
+from .options import check_search_budget, check_tile, check_value_range, resolve_model
 from .resize import down_up, resize_bicubic
 from .search import DEFAULT_BUDGET, decode_index
 from .tiling import Blender, Tile, intersects, plan_tiles
 
 DEFAULT_TILE = 128  # LR pixels
 DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles
-MIN_TILE = 32
 MIN_REF = 16  # reference pixels (a 4×4 grid of searchable patches)
 _LR_MARGIN = 3  # LR pixels of context that make a tile's LR↑ equal the whole image's
 
@@ -147,6 +148,14 @@ def _source_map(index: np.ndarray, shapes) -> np.ndarray:
     return decoded.astype(np.int32)
 
 
+def _check_finite_output(sr: np.ndarray, engine: _Engine) -> None:
+    """A network that overflows or holds NaN weights must fail, not return a black image."""
+    if not np.isfinite(sr).all():
+        hint = "; try without half precision" if engine.model.half else ""
+        raise RefSRError(f"the model {engine.model.name!r} produced NaN or infinite values for this image "
+                         f"(damaged or overflowing weights){hint}")
+
+
 def _encode(model, refs, device, half, budget) -> _Engine:
     """The engine with the reference set encoded; out-of-memory becomes advice."""
     try:
@@ -162,8 +171,6 @@ class _Runner:
     """Runs slices with a shared engine, progress, cancel and out-of-memory retries."""
 
     def __init__(self, model, refs, *, tile, overlap, device, half, budget, progress, cancel, total_slices):
-        if tile < MIN_TILE:
-            raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
         self.args = (model, refs, device, half)
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(budget)
         self.progress, self.cancel = progress, cancel
@@ -195,6 +202,7 @@ class _Runner:
             self.total = self.done + per_slice * (self.total_slices - self.slices_done)
             try:
                 result = _run_slice(engine, lr, self.tile, self.overlap, self._step)
+                _check_finite_output(result[0], engine)
                 self.slices_done += 1
                 return result
             except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
@@ -205,7 +213,7 @@ class _Runner:
                                      "use device 'cpu' or a smaller image") from err
                 release_memory(engine.device)
                 self.tile = max(MIN_TILE, self.tile // 2)
-                self.budget = max(16 * 2**20, self.budget // 2)
+                self.budget = max(MIN_SEARCH_BUDGET, self.budget // 2)
                 engine.budget = self.budget
                 self.done = start  # the slice is redone with smaller tiles
 
@@ -249,7 +257,18 @@ def upscale_nd(
     For non-uint8 data one intensity window (percentiles of the whole array) serves every slice,
     so a stack stays consistent. ``device=None`` keeps the model where it is; "auto" picks one.
     """
+    model = resolve_model(model)
+    tile = check_tile(tile)
+    overlap = check_overlap(overlap, tile)
+    percentiles = check_percentiles(percentiles)
+    value_range = check_value_range(value_range)
+    search_budget = check_search_budget(search_budget)
+    progress, cancel = check_callback(progress, "progress"), check_callback(cancel, "cancel")
+    if data is None:
+        raise RefSRError("image is missing (got None)")
     arr = np.asarray(data)
+    if arr.size == 0:
+        raise RefSRError(f"image of shape {arr.shape} is empty (an axis of length 0): too small to upscale")
     nd = arr.ndim
     loop_axes, (ya, xa), ca = resolve_axes(arr.shape, spatial_axes, channel_axis)
     order = loop_axes + [ya, xa] + ([ca] if ca is not None else [])

@@ -110,3 +110,20 @@ def _on_terminal(run):
 def on_terminal():
     """:func:`_on_terminal`: progress bars are drawn only when stderr is a terminal."""
     return _on_terminal
+
+
+@pytest.fixture
+def errors():
+    """Error notifications napari shows while the test runs (napari tests only: imported lazily)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def keep(event):
+        note = event.value if hasattr(event, "value") else event
+        if str(getattr(note, "severity", "")).lower().endswith("error"):
+            seen.append(str(note.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)

@@ -13,6 +13,7 @@ and settings that belong to the other architecture are refused by :func:`check_c
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -206,6 +207,9 @@ def set_key(config: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
     """Apply ``key=value`` strings; values are YAML (``1e-4``, ``null``, ``[16,16,8,4]``, ``true``)."""
     for item in overrides:
@@ -214,6 +218,8 @@ def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
+            if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+                value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         except yaml.YAMLError as err:
             raise RefSRError(f"override {item!r}: value is not valid YAML ({err})") from err
         set_key(config, key.strip(), value)

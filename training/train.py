@@ -43,6 +43,7 @@ from napari_refsr.errors import RefSRError  # noqa: E402
 from training.checkpoints import CheckpointManager, export_training_checkpoint, load_training_checkpoint  # noqa: E402
 from training.config import ARCH_MODEL_KEYS, check_config, load_config, rec_only, set_key  # noqa: E402
 from training.distributed import Dist, init_distributed  # noqa: E402
+from training.resume import latest_intact  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
 __all__ = ["main", "parse_args", "build_config"]
@@ -121,10 +122,12 @@ def main(argv: Sequence[str] | None = None, *, events=None, should_stop=None) ->
         if args.resume or args.resume_from:
             if args.resume_from:
                 ckpt_path = Path(args.resume_from).expanduser()
-            else:
-                ckpt_path = CheckpointManager(Path(config["run"]["out"]).expanduser() / "checkpoints").latest()
-            if ckpt_path is not None:
                 resume = load_training_checkpoint(ckpt_path)
+            else:  # the newest checkpoint that reads (a crash can leave a damaged one)
+                folder = Path(config["run"]["out"]).expanduser() / "checkpoints"
+                ckpt_path, resume = latest_intact(CheckpointManager(folder).step_files(), load_training_checkpoint,
+                                                  lambda msg: print(msg, file=sys.stderr, flush=True))
+            if resume is not None:
                 stored = arch_of(resume["model_config"])
                 if args.model and args.model != stored:
                     raise RefSRError(f"{ckpt_path} is from a {stored} run; resume it with --model {stored} "

@@ -23,6 +23,7 @@ from napari_refsr.archs.convert import load_strict
 from napari_refsr.archs.registry import arch_of, build_network
 from napari_refsr.archs.vgg import VGG19Features
 from napari_refsr.errors import RefSRError
+from napari_refsr.files import atomic_write
 from training.checkpoints import (CheckpointManager, export_model, model_config, network_from_checkpoint,
                                   rng_state, set_rng_state)
 from training.config import check_config, network_config
@@ -31,6 +32,8 @@ from training.distributed import Dist
 from training.evaluate import evaluate_network
 from training.logs import LOG_FIELDS, LOSS_KEYS, VAL_FIELDS, CsvLog, open_tensorboard
 from training.plot import log_interval, plot_curves
+from training.resume import (apply_optimizer_settings, changed_settings, check_changes, describe, epoch_position,
+                             fresh_settings)
 from training.losses import (WGANGP, Discriminator, PerceptualLoss, TextureLoss, TransferalPerceptualLoss,
                              load_vgg19_state, reconstruction_loss)
 
@@ -52,6 +55,11 @@ class Trainer:
         self.cfg = check_config(config)
         self.dist, self.device = dist_ctx, device
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.changes = {}  # settings that differ from the resumed checkpoint's (training/resume.py)
+        if resume is not None:
+            self.changes = changed_settings(resume["config"], self.cfg)
+            check_changes(self.changes, discriminator_restored=resume.get("discriminator") is not None
+                          and float(self.cfg["loss"]["adv"]) > 0)
         tr, lw = self.cfg["train"], self.cfg["loss"]
         self.out = Path(self.cfg["run"]["out"]).expanduser()
         if tr["threads"]:
@@ -172,7 +180,8 @@ class Trainer:
             self.train_log = CsvLog(self.out / "log.csv", LOG_FIELDS, keep)
             self.val_log = CsvLog(self.out / "val.csv", VAL_FIELDS, keep)
             self.tb = open_tensorboard(self.out / "tb")
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+            config_text = yaml.safe_dump(self.cfg, sort_keys=False).encode()
+            atomic_write(self.out / "config.yaml", lambda f: f.write(config_text))
             self.ckpts.remove_partial()
 
     def _build_network(self, resume: dict | None, vgg_state) -> torch.nn.Module:
@@ -218,13 +227,21 @@ class Trainer:
         }
 
     def _restore(self, s: dict) -> None:
+        fresh, fresh_d = fresh_settings(self.optimizer), fresh_settings(self.opt_d) if self.opt_d else None
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
+        new_optim = any(k.startswith("optim.") for k in self.changes)  # else the stored values, bit for bit
+        if new_optim:
+            opt = self.cfg["optim"]
+            apply_optimizer_settings(self.optimizer, fresh, scheduler=self.scheduler,
+                                     step_size=max(1, int(opt["decay"])), gamma=float(opt["gamma"]))
         if s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
         if self.D is not None and s.get("discriminator") is not None:
             self.D.load_state_dict(s["discriminator"])
             self.opt_d.load_state_dict(s["optimizer_d"])
+            if new_optim:
+                apply_optimizer_settings(self.opt_d, fresh_d)
         elif self.D is not None and self.dist.main:
             warnings.warn("the checkpoint has no discriminator (it was trained with loss.adv=0): "
                           "the adversarial loss starts with a fresh critic", UserWarning)
@@ -235,7 +252,11 @@ class Trainer:
         if len(rngs) != self.dist.world:
             warnings.warn(f"resuming a {len(rngs)}-process run with {self.dist.world} process(es): "
                           "the data order continues, random draws do not repeat exactly", UserWarning)
-            self.epoch_step = min(self.epoch_step * len(rngs) // self.dist.world, self.steps_per_epoch)
+        self.epoch_step, note = epoch_position(self.epoch_step, old_batch=int(s["config"]["train"]["batch"]),
+                                               old_world=len(rngs), batch=self.batch, world=self.dist.world,
+                                               steps_per_epoch=self.steps_per_epoch)
+        if self.dist.main and self.changes:
+            self.log(f"resume: applied {describe(self.changes)}" + (f"; {note}" if note else ""))
         set_rng_state(rngs[self.dist.rank % len(rngs)])
 
     def save(self, *, best: bool = False) -> None:
