@@ -83,7 +83,8 @@ def test_architecture_source_runs_without_napari_refsr(tmp_path):
         print("maxdiff", float((out - torch.load({str(tmp_path / 'y.pt')!r})).abs().max()))
     """)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert float(res.stdout.split("maxdiff")[1]) == 0.0
+    # the same operations in another process: equal up to float32 rounding (thread counts may differ)
+    assert float(res.stdout.split("maxdiff")[1]) < 1e-6
 
 
 def test_package_validates_and_passes_bioimageio_core_test(tiny_package):
