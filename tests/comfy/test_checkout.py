@@ -8,37 +8,22 @@ must work: the suite has to pass in the clone, and ComfyUI has to find the node 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from comfy_standin import ROOT
+from comfy_standin.checkout import copy_checkout, load_pack_script
+
 FOLDER = "napari-refsr"  # what `git clone <url>` names the checkout
-
-
-def _tracked_files(root: Path) -> list[str]:
-    """Files a clone of the working tree would hold (tracked, plus new files git does not ignore)."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    run = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         capture_output=True, check=False)
-    if run.returncode != 0:
-        pytest.skip(f"{root} is not a git checkout")
-    return [name for name in run.stdout.decode().split("\0") if name and (root / name).is_file()]
 
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     """The working tree copied the way `git clone` lays it out, into a folder named `napari-refsr`."""
-    dest = tmp_path_factory.mktemp("clone") / FOLDER
-    for name in _tracked_files(ROOT):
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-    return dest
+    return copy_checkout(tmp_path_factory.mktemp("clone") / FOLDER, ROOT)
 
 
 def _python(clone: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -59,15 +44,8 @@ def test_suite_runs_in_a_clone_named_napari_refsr(clone):
 
 def test_comfyui_finds_the_node_pack_in_a_clone_named_napari_refsr(clone):
     # ComfyUI's custom-node loader: the folder's __init__.py under a module name made from its path
-    script = f"""
-import asyncio, importlib.util, sys
-sys.path.insert(0, {str(clone / "tests" / "comfy" / "comfy_standin")!r})
-folder = {str(clone)!r}
-name = folder.replace(".", "_x_")
-spec = importlib.util.spec_from_file_location(name, folder + "/__init__.py")
-module = importlib.util.module_from_spec(spec)
-sys.modules[name] = module
-spec.loader.exec_module(module)
+    script = load_pack_script(clone, clone / "tests" / "comfy" / "comfy_standin") + """
+import asyncio
 assert not hasattr(module, "NODE_CLASS_MAPPINGS")
 ext = asyncio.run(module.comfy_entrypoint())
 print(sorted(n.define_schema().node_id for n in asyncio.run(ext.get_node_list())))
