@@ -265,14 +265,12 @@ def _figure(args: argparse.Namespace) -> None:
     item = next((it for it in items if args.figure_image in (None, it.name)), None)
     if item is None:
         raise RefSRError(f"--figure-image {args.figure_image!r} is not one of {', '.join(i.name for i in items)}")
-    try:
-        box = tuple(int(v) for v in args.figure_box.split(",")) if args.figure_box else None
-    except ValueError:
-        box = None
-    if box is not None and len(box) != 4:
-        box = None
-    if args.figure_box and box is None:
-        raise RefSRError(f"--figure-box takes y,x,h,w (four integers), got {args.figure_box!r}")
+    box = None
+    if args.figure_box:
+        parts = args.figure_box.split(",")
+        if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise RefSRError(f"--figure-box takes y,x,h,w (four integers), got {args.figure_box!r}")
+        box = tuple(int(p) for p in parts)
     dev = choose_device(args.device)
     network, _ = load_network(args.model[0], dev)
     print(f"wrote {reference_figure(network, item, args.figure, device=dev, box=box)}")
