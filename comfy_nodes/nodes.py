@@ -23,54 +23,31 @@ from comfy_api.latest import ComfyExtension, io
 
 try:
     from napari_refsr import (DEFAULT_MODEL, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE, RefSRError, RefSRModel,
-                              WeightsError, load_model, upscale_nd, weights)
-except ImportError as _err:  # the core is a separate install into ComfyUI's Python
+                              load_model, weights)
+except ImportError as _err:  # the core's packages are missing from ComfyUI's Python
+    _requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")
     raise ImportError(
-        f"the RefSR nodes need the napari-refsr core in ComfyUI's Python ({_err}); install it with "
-        f"'{sys.executable} -m pip install <path of the napari-refsr repository>' (docs/comfyui.md)"
+        f"the RefSR nodes need the napari-refsr core and its packages in ComfyUI's Python ({_err}); install "
+        f"them with '{sys.executable} -m pip install -r {_requirements}' (ComfyUI-Manager does this when it "
+        f"installs the pack) or '{sys.executable} -m pip install <napari-refsr repository>' (docs/comfyui.md)"
     ) from _err
+
+from .compat import schema_extras
+from .example_inputs import install_example_inputs
+from .grayscale import upscale_by_kind
+from .model_list import (DOWNLOAD_MARK, FOLDER, checkpoint_path, download_dir, model_names, register_folder,
+                         registry_models, registry_name)
 
 __all__ = ["FOLDER", "REFSR_MODEL", "LoadRefSRModel", "RefSRUpscale", "RefSRExtension", "comfy_entrypoint",
            "model_names"]
 
-FOLDER = "refsr"  # ComfyUI/models/refsr (plus any "refsr:" folder in extra_model_paths.yaml)
 MAX_TILE = 2048
 CATEGORY = "image/upscaling"
+LOADER_CATEGORY = "loaders"  # beside ComfyUI's other model loaders (Load Upscale Model, …)
 
 REFSR_MODEL = io.Custom("REFSR_MODEL")
 
-
-def _register_folder() -> None:
-    """Make ``models/refsr`` a ComfyUI model folder (idempotent; folder_paths ignores repeats)."""
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
-
-
-_register_folder()
-
-
-def _download_dir() -> str | None:
-    """Where registry models are downloaded: the first refsr folder (models/refsr by default), or
-    the core's cache when the user set ``$NAPARI_REFSR_CACHE`` (shared with napari and the CLI)."""
-    if os.environ.get(weights.CACHE_ENV):
-        return None
-    return folder_paths.get_folder_paths(FOLDER)[0]
-
-
-def _registry_models() -> list[str]:
-    """Registry names of super-resolution models, the default first."""
-    return sorted(weights.model_names(), key=lambda n: (n != DEFAULT_MODEL, n))
-
-
-def _local_checkpoints() -> list[str]:
-    """Checkpoint files in the refsr folders, without hidden files (e.g. unfinished downloads)."""
-    return [f for f in folder_paths.get_filename_list(FOLDER)
-            if f.lower().endswith(weights.CHECKPOINT_SUFFIXES) and not os.path.basename(f).startswith(".")]
-
-
-def model_names() -> list[str]:
-    """The loader's choices: registry models (default first), then files in models/refsr."""
-    _register_folder()
-    return _registry_models() + _local_checkpoints()
+register_folder()
 
 
 class LoadRefSRModel(io.ComfyNode):
@@ -83,33 +60,44 @@ class LoadRefSRModel(io.ComfyNode):
         return io.Schema(
             node_id="RefSRModelLoader",
             display_name="Load RefSR Model",
-            category=CATEGORY,
-            description="Loads a reference-based ×4 super-resolution model (TTSR) for RefSR Upscale.",
+            category=LOADER_CATEGORY,
+            description="Loads a reference-based ×4 super-resolution model (TTSR, SRNTT) for RefSR Upscale.",
             inputs=[
                 io.Combo.Input(
                     "model_name", options=names, default=names[0] if names else None,
-                    tooltip=f"A model from the napari-refsr registry ({', '.join(_registry_models())}; "
-                            f"{DEFAULT_MODEL} ships with the package, the others are downloaded into "
-                            "ComfyUI/models/refsr on first use), hash-checked, or a checkpoint "
-                            "(.pt/.pth/.safetensors) in ComfyUI/models/refsr."),
+                    tooltip=f"A model from the napari-refsr registry ({', '.join(registry_models())}; "
+                            f"{DEFAULT_MODEL} ships with the package and works offline; names marked "
+                            f"'{DOWNLOAD_MARK.strip()}' are downloaded into ComfyUI/models/refsr on first "
+                            "use), hash-checked, or a checkpoint (.pt/.pth/.safetensors) in ComfyUI/models/refsr."),
             ],
             outputs=[REFSR_MODEL.Output(display_name="refsr_model",
                                         tooltip="The loaded network, kept on the CPU between runs.")],
+            **schema_extras(search_aliases=["refsr", "ttsr", "srntt", "reference super-resolution"]),
         )
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """Replaces ComfyUI's list check of ``model_name``: a registry model is accepted with or without
+        its download mark (a workflow saved before the download names it with the mark)."""
+        if registry_name(model_name) is not None or checkpoint_path(model_name) is not None:
+            return True
+        return _not_found(model_name)
+
+    @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
-        _register_folder()
-        folders = folder_paths.get_folder_paths(FOLDER)
-        try:  # a download's WeightsError says what to do offline
-            path = weights.resolve(model_name, search_dirs=folders, cache_dir=_download_dir())
-        except WeightsError:
-            if model_name in weights.REGISTRY:
-                raise
-            raise RefSRError(f"RefSR model {model_name!r} not found in {', '.join(folders)}; put the checkpoint "
-                             f"(.pt, .pth or .safetensors) there, or choose a registry model "
-                             f"({', '.join(_registry_models())})") from None
+        path = checkpoint_path(model_name)
+        name = registry_name(model_name)
+        if path is None and name is not None:
+            path = weights.fetch(name, cache_dir=download_dir())  # WeightsError says what to do offline
+        if path is None:
+            raise RefSRError(_not_found(model_name))
         return io.NodeOutput(load_model(path, device="cpu"))
+
+
+def _not_found(model_name: str) -> str:
+    folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+    return (f"RefSR model {model_name!r} not found in {folders}; put the checkpoint (.pt, .pth or "
+            f".safetensors) there, or choose a registry model ({', '.join(registry_models())})")
 
 
 def _batch(tensor, what: str) -> np.ndarray:
@@ -146,7 +134,8 @@ class RefSRUpscale(io.ComfyNode):
                         "best-matching patch of the references instead of being invented.",
             inputs=[
                 io.Image.Input("image", tooltip="The low-resolution image(s) to enlarge ×4. Every image of "
-                                                "a batch is upscaled against the same references."),
+                                                "a batch is upscaled against the same references. Grayscale "
+                                                "(three equal channels, as Load Image gives it) stays grayscale."),
                 io.Image.Input("reference", tooltip=ref_tip),
                 REFSR_MODEL.Input("refsr_model", tooltip="The model from Load RefSR Model."),
                 io.Int.Input("tile_size", default=DEFAULT_TILE, min=MIN_TILE, max=MAX_TILE, step=16,
@@ -157,7 +146,10 @@ class RefSRUpscale(io.ComfyNode):
             ],
             outputs=[
                 io.Image.Output("upscaled", display_name="image",
-                                tooltip="The ×4 image(s), RGB in 0..1, same batch size and channels as the input."),
+                                tooltip="The ×4 image(s) in 0..1, same batch size and channels as the input; "
+                                        "grayscale in, equal channels out. Load Image keeps alpha apart as a "
+                                        "MASK: to keep transparency, upscale that mask ×4 too and put it back "
+                                        "with Join Image with Alpha."),
                 io.Mask.Output("confidence", display_name="confidence",
                                tooltip="Texture-match confidence at output size: the soft attention S (cosine "
                                        "similarity of the best reference patch, −1..1) clipped to 0..1. Bright = "
@@ -183,14 +175,13 @@ class RefSRUpscale(io.ComfyNode):
             return False
 
         try:
-            result = upscale_nd(refsr_model, lr, refs, spatial_axes=(1, 2), channel_axis=3, tile=tile_size,
-                                device=device, value_range=(0.0, 1.0), progress=progress, cancel=cancel)
+            image_out, confidence = upscale_by_kind(refsr_model, lr, refs, progress, tile=tile_size, device=device,
+                                                     value_range=(0.0, 1.0), cancel=cancel)
         finally:
             refsr_model.to("cpu")  # give the device back to ComfyUI's other models
             model_management.soft_empty_cache()
-        upscaled = torch.from_numpy(np.ascontiguousarray(result.image)).clamp_(0.0, 1.0)
-        confidence = torch.from_numpy(np.ascontiguousarray(result.confidence)).clamp_(0.0, 1.0)
-        return io.NodeOutput(upscaled, confidence)
+        upscaled = torch.from_numpy(image_out).clamp_(0.0, 1.0)
+        return io.NodeOutput(upscaled, torch.from_numpy(confidence).clamp_(0.0, 1.0))
 
 
 class RefSRExtension(ComfyExtension):
@@ -201,5 +192,7 @@ class RefSRExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> RefSRExtension:
-    """ComfyUI's V3 entry point (called once when custom nodes are loaded)."""
+    """ComfyUI's V3 entry point (called once when custom nodes are loaded). Also puts the example
+    workflows' images into ComfyUI's input folder (ComfyUI 0.3.64 never calls ``on_load``)."""
+    install_example_inputs()
     return RefSRExtension()

@@ -13,6 +13,8 @@ def choose_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` → CUDA, then Apple MPS, then CPU; otherwise the named device, checked to exist."""
     if isinstance(device, torch.device):
         return device
+    if device is not None and not isinstance(device, str):
+        raise RefSRError(f"device must be a name such as 'auto', 'cpu' or 'cuda:0', got {device!r}")
     name = (device or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from .tempfiles import make_temp, target_mode
 
 __all__ = ["atomic_write", "fsync_dir", "remove_file"]
 
@@ -13,13 +14,15 @@ __all__ = ["atomic_write", "fsync_dir", "remove_file"]
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename it into place:
     readers see the old file or the whole new one, never half a file. Exceptions propagate and
-    leave no temp file behind."""
+    leave no temp file behind; one left by a killed process is removed by the next write of the
+    same file (:mod:`.tempfiles`). A new file gets the umask's mode, a replaced one keeps its own."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    mode = target_mode(path)
+    tmp_name = make_temp(path)
     try:
         with open(tmp_name, "wb") as f:  # a named file: some writers (tifffile) need f.name
+            os.chmod(f.fileno(), mode)  # mkstemp's 0600 would pass to the target on rename
             write(f)
             f.flush()
             os.fsync(f.fileno())

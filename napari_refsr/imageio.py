@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import RefSRError
 from .files import atomic_write
+from .tempfiles import make_temp
 
 __all__ = [
     "read_image",
@@ -175,6 +176,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
         resolution = getattr(page, "resolution", None)
         unit = int(getattr(page, "resolutionunit", 1) or 1)
+        planar_rgb = axes.startswith("S") and int(getattr(page, "photometric", 0) or 0) == 2  # RGB
+    if planar_rgb:
+        warnings.warn(_planar_rgb_note(path, array.shape), UserWarning, stacklevel=4)
     if len(axes) != array.ndim:  # defensive: tifffile axes and shape always agree in practice
         axes = "Q" * (array.ndim - 2) + "YX"
     if "S" in axes and axes[-1] != "S":  # planar configuration: samples first → last
@@ -194,6 +198,13 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         meta["resolution"] = (float(resolution[0]), float(resolution[1]))
         meta["resolution_unit"] = unit
     return array, meta
+
+
+def _planar_rgb_note(path: Path, shape: tuple[int, ...]) -> str:
+    """Why a (3, H, W) stack may come back as one colour image."""
+    return (f"{path} is tagged RGB with separate colour planes (shape {tuple(shape)}), as tifffile saves "
+            f"a (3, H, W) or (4, H, W) array by default, so it is read as one colour image; if the planes are "
+            f"a Z/T stack, save it with tifffile.imwrite(..., photometric='minisblack')")
 
 
 def upscaled_meta(meta: dict[str, Any] | None, scale: int | float) -> dict[str, Any]:
@@ -231,13 +242,13 @@ def _axes_for(shape: tuple[int, ...], meta: dict[str, Any] | None) -> str:
 
 def _plan(path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: dict[str, Any] | None) -> tuple[str, str]:
     """Check that ``shape``/``dtype`` can be written to ``path``; return (format, axes)."""
+    if path.is_dir():
+        raise RefSRError(f"cannot write {path}: it is a directory; give a file name such as {path / 'out.tif'}")
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise RefSRError(f"cannot write {path}: unsupported extension {path.suffix or '(none)'!r}; use .png, .jpg or .tif")
     if not path.parent.is_dir():
         raise RefSRError(f"cannot write {path}: the directory {path.parent} does not exist")
-    if path.is_dir():
-        raise RefSRError(f"cannot write {path}: it is a directory")
     dtype = np.dtype(dtype)
     if len(shape) < 2 or 0 in shape:
         raise RefSRError(f"cannot write {path}: shape {tuple(shape)} is not an image")
@@ -269,9 +280,16 @@ def check_writable(
 ) -> None:
     """Raise the RefSRError that ``write_image`` would raise for an array of this shape and dtype.
 
-    Front ends call it before long work so that a bad output name fails at once.
+    Front ends call it before long work so that a bad output name — or a folder this process may
+    not write to — fails at once, not after minutes of computation.
     """
-    _plan(Path(path), tuple(int(s) for s in shape), np.dtype(dtype), meta)
+    p = Path(path)
+    _plan(p, tuple(int(s) for s in shape), np.dtype(dtype), meta)
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or quotas
+        make_temp(p).unlink()
+    except OSError as err:
+        raise RefSRError(f"cannot write {p}: the folder {p.parent} is not writable "
+                         f"({err.strerror or err})") from None
 
 
 def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None = None) -> Path:
@@ -279,7 +297,8 @@ def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None =
 
     ``meta`` (as from ``read_image_with_meta``, or ``upscaled_meta`` of it) supplies the axis letters
     (whether the last axis is channels, which axes are a stack) and, for TIFF, the resolution.
-    Extra key ``photometric`` ('rgb' | 'minisblack') overrides the TIFF colour interpretation.
+    Extra key ``photometric`` ('rgb' | 'minisblack') overrides the TIFF colour interpretation;
+    ``description`` (text) goes into a PNG's ``Description`` text chunk or a JPEG's comment.
     """
     p = Path(path)
     arr = np.asarray(array)
@@ -290,20 +309,26 @@ def write_image(path: str | os.PathLike, array, *, meta: dict[str, Any] | None =
         if fmt == "tiff":
             atomic_write(p, lambda f: _write_tiff(f, arr, axes, meta or {}))
         else:
-            atomic_write(p, lambda f: _write_pillow(f, arr, axes, fmt))
+            atomic_write(p, lambda f: _write_pillow(f, arr, axes, fmt, (meta or {}).get("description")))
     except OSError as err:
         raise RefSRError(f"cannot write {p}: {err.strerror or err}") from None
     return p
 
 
-def _write_pillow(f: BinaryIO, arr: np.ndarray, axes: str, fmt: str) -> None:
-    from PIL import Image
+def _write_pillow(f: BinaryIO, arr: np.ndarray, axes: str, fmt: str, description: str | None = None) -> None:
+    from PIL import Image, PngImagePlugin
 
     if axes.endswith("S") and arr.shape[-1] == 1:
         arr = arr[..., 0]
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
     im = Image.fromarray(arr)  # uint16 (H, W) → mode I;16, written as a 16-bit PNG
-    options = {"quality": JPEG_QUALITY} if fmt == "jpeg" else {}
+    options: dict[str, Any] = {"quality": JPEG_QUALITY} if fmt == "jpeg" else {}
+    if description and fmt == "jpeg":
+        options["comment"] = description
+    elif description:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Description", description)
+        options["pnginfo"] = info
     im.save(f, format="JPEG" if fmt == "jpeg" else "PNG", **options)
 
 

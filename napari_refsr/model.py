@@ -11,13 +11,15 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import weights
 from .archs.convert import load_strict
-from .archs.registry import arch_of, build_network
+from .archs.registry import arch_of, build_network, check_state_dict
 from .defaults import DEFAULT_MODEL
 from .devices import choose_device
+from .errors import WeightsError
 
 __all__ = ["RefSRModel", "load_model", "DEFAULT_MODEL"]
 
@@ -60,8 +62,27 @@ def _resolve(source: str | Path | None, cache_dir, progress) -> tuple[Path, str]
     """(file, display name): registry models are named by their name, files by their file name."""
     if source is None or source == "":
         source = DEFAULT_MODEL
+    text = str(source)
+    if text in weights.REGISTRY and text not in weights.model_names() and not Path(text).expanduser().is_file():
+        raise WeightsError(f"{text!r} names {weights.REGISTRY[text].description}, not a super-resolution "
+                           f"model; models: {', '.join(weights.model_names())}")
     path = weights.resolve(source, cache_dir=cache_dir, progress=progress)
-    return path, path.name if Path(str(source)).expanduser().is_file() else str(source)
+    return path, path.name if Path(text).expanduser().is_file() else text
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """All values finite (numpy: on a busy CPU torch's thread pool makes this 100× slower)."""
+    t = tensor.detach().cpu()
+    return bool(np.isfinite((t.float() if t.dtype == torch.bfloat16 else t).numpy()).all())
+
+
+def _check_finite(state_dict: dict, path: Path) -> None:
+    """Refuse weights holding NaN/inf: they would give an all-black (or all-NaN) image, exit 0."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not _finite(v)]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+        raise WeightsError(f"checkpoint {path} has NaN or infinite values in {shown}; the file is damaged "
+                           "or comes from a diverged training run")
 
 
 def load_model(
@@ -85,6 +106,8 @@ def load_model(
         if cache and key in _CACHE:
             return _CACHE[key].to(dev, half)
     ckpt = weights.read_checkpoint(path)
+    _check_finite(ckpt.state_dict, path)
+    check_state_dict(ckpt.state_dict, ckpt.config, f"{path}: {arch_of(ckpt.config)}")  # before allocating
     network = build_network(ckpt.config)
     load_strict(network, ckpt.state_dict,
                 f"checkpoint {path} does not fit the {arch_of(ckpt.config)} architecture {ckpt.config}")

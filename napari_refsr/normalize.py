@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,14 +66,25 @@ def intensity_window(
         lo, hi = 0.0, 255.0
     else:
         lo, hi = (float(v) for v in np.percentile(image, percentiles))
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # float32 interpolation overflowed near ±3.4e38
+            lo, hi = (float(v) for v in np.percentile(image.astype(np.float64), percentiles))
     if not hi > lo:  # flat image: keep it flat instead of dividing by zero
         hi = lo + 1.0
     return lo, hi
 
 
 def to_unit(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Intensities → float32 in [0, 1] through the window (lo, hi), clipped."""
-    return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    """Intensities → float32 in [0, 1] through the window (lo, hi), clipped.
+
+    Computed in float64 (for float32 data near its limit ``hi - lo`` overflows float32), and on
+    halved values where even float64's ``hi - lo`` overflows (float64 data near ±1.8e308)."""
+    h = _half(lo, hi)
+    return np.clip((image.astype(np.float64) * h - lo * h) / (hi * h - lo * h), 0.0, 1.0).astype(np.float32)
+
+
+def _half(lo: float, hi: float) -> float:
+    """1, or 0.5 where ``hi - lo`` overflows float64: the window's arithmetic then runs on halves."""
+    return 1.0 if math.isfinite(float(hi) - float(lo)) else 0.5
 
 
 @dataclass
@@ -110,8 +122,11 @@ def prepare(image, what: str = "image", *, percentiles=DEFAULT_PERCENTILES, valu
     return Prepared(t.contiguous(), quantize, arr.dtype, channels, window, alpha)
 
 
-def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4) -> np.ndarray:
-    """Network output (3, sH, sW) in [-1, 1] → the input's dtype, window and channel layout."""
+def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4, alpha: np.ndarray | None = None) -> np.ndarray:
+    """Network output (3, sH, sW) in [-1, 1] → the input's dtype, window and channel layout.
+
+    ``alpha``: the upscaled alpha (sH, sW) when the caller made it (a region of a larger image);
+    otherwise RGBA's alpha is resized here."""
     unit = (np.asarray(rgb, dtype=np.float32) + 1.0) / 2.0
     if prepared.channels in (0, 1):
         unit = unit.mean(axis=0, keepdims=True)
@@ -120,9 +135,12 @@ def restore(rgb: np.ndarray, prepared: Prepared, scale: int = 4) -> np.ndarray:
     if prepared.quantize:
         values = np.clip(np.round(out * 255.0), 0, 255)
     else:
-        values = lo + out * (hi - lo)
+        h = _half(lo, hi)  # float64, halved if need be: (hi - lo) may exceed float32 or float64
+        values = (lo * h + out.astype(np.float64) * (hi * h - lo * h)) / h
     if prepared.alpha is not None:
-        a = resize_bicubic(torch.from_numpy(prepared.alpha), (out.shape[0], out.shape[1])).clamp(0, 1).numpy()
+        if alpha is None:
+            alpha = resize_bicubic(torch.from_numpy(prepared.alpha), (out.shape[0], out.shape[1])).numpy()
+        a = np.clip(alpha, 0, 1)
         amax = 255.0 if prepared.dtype == np.uint8 else 65535.0 if prepared.dtype == np.uint16 else 1.0
         values = np.concatenate([values, (a * amax)[..., None]], axis=-1)
     if prepared.channels == 0:
@@ -134,4 +152,7 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.dtype(dtype).kind in "ui":
         info = np.iinfo(dtype)
         return np.clip(np.round(values), info.min, info.max).astype(dtype)
+    if np.dtype(dtype).kind == "f":  # rounding at the window's edge must not overflow to inf
+        info = np.finfo(dtype)
+        values = np.clip(values, info.min, info.max)
     return values.astype(dtype)

@@ -71,13 +71,11 @@ class Tracker:
             self._phase(self.name, self.phase_done, self.phase_total)
         self.check()
 
-    def replan(self, steps: int, repeats: int = 1) -> None:
-        """The current phase is redone with ``steps`` steps instead of its planned ones (an
-        out-of-memory retry), here and in ``repeats - 1`` later phases like it: its done steps
-        leave ``done`` and the total changes by the difference."""
-        self.done -= self.phase_done
-        self.total += (int(steps) - self.phase_total) * repeats
-        self.phase_done = 0
+    def rewind(self, done: int, remaining: int) -> None:
+        """The work after step ``done`` is (re)planned as ``remaining`` steps: an out-of-memory
+        retry redoes a slice with a smaller tile or search budget, and its abandoned steps leave
+        ``done``."""
+        self.done, self.total = int(done), int(done) + int(remaining)
 
     def search_callbacks(self) -> dict:
         """``progress``/``cancel`` keyword arguments for :func:`napari_refsr.search.search`."""

@@ -22,6 +22,7 @@ step (well under a second at the default sizes on a 2-core CPU).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -34,13 +35,51 @@ EPS = 1e-12  # the eps of torch.nn.functional.normalize, used by the reference
 BLOCK_ELEMENTS = 1 << 22  # scores per step on a CPU (16 MB buffers); CUDA takes bigger steps
 CUDA_BLOCK_ELEMENTS = 1 << 26
 
-__all__ = ["search", "search_padded", "plan_steps", "DEFAULT_BUDGET", "EPS"]
+__all__ = ["search", "search_padded", "plan_steps", "count_steps", "prepare_keys", "KeySet", "DEFAULT_BUDGET", "EPS"]
 
 
 def _patch_norms(padded: torch.Tensor, patch: int) -> torch.Tensor:
     """L2 norm of every k×k×C patch of an already padded (C, H+k-1, W+k-1) map: (H, W), float32."""
     sq = padded.float().pow(2).sum(0)[None, None]
     return F.avg_pool2d(sq, patch, stride=1, divisor_override=1)[0, 0].sqrt()
+
+
+@dataclass
+class _Key:
+    op: torch.Tensor  # the padded key map (C, h+k-1, w+k-1) in the product dtype (scaled for low precision)
+    inv_norm: torch.Tensor  # (h, w) float32: 1 / ‖key patch‖
+    scale: float  # the operand's scale (1 for float32)
+
+
+@dataclass
+class KeySet:
+    """Reference feature maps made ready for :func:`search_padded` once (padded, converted to the
+    product dtype, patch norms), so that searching many query pieces does not redo it."""
+
+    keys: list[_Key]
+    shapes: list[tuple[int, int]]
+    patch: int
+    product_dtype: torch.dtype
+
+
+def prepare_keys(keys: Sequence[torch.Tensor], *, patch: int = 3,
+                 product_dtype: torch.dtype | None = None) -> KeySet:
+    """A :class:`KeySet` of (C, h_i, w_i) key maps for ``patch``×``patch`` patches; float16/bfloat16
+    operands get one global scale per map so that float16's range holds every per-pixel product
+    (the argmax does not depend on it)."""
+    if not keys or any(k.dim() != 3 or k.shape[0] != keys[0].shape[0] for k in keys):
+        raise ValueError("search expects a non-empty list of (C,h,w) keys with the same C")
+    dtype = product_dtype or torch.float32
+    low = dtype in (torch.float16, torch.bfloat16)
+    r = patch // 2
+    prepared = []
+    for key in keys:
+        k_pad = F.pad(key, (r, r, r, r))
+        inv_norm = 1.0 / _patch_norms(k_pad, patch).clamp_min(EPS)
+        scale = float(key.abs().amax().clamp_min(EPS)) if low else 1.0
+        op = (k_pad.float() / scale).to(dtype) if low else k_pad.float().contiguous()
+        prepared.append(_Key(op, inv_norm, scale))
+    return KeySet(prepared, [tuple(k.shape[1:]) for k in keys], patch, dtype)
 
 
 def _rows_for(width_q: int, width_k: int, patch: int, n_rows_q: int, n_rows_k: int,
@@ -111,7 +150,7 @@ def _row_argmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 @torch.no_grad()
 def search_padded(
     q_pad: torch.Tensor,
-    keys: Sequence[torch.Tensor],
+    keys: Sequence[torch.Tensor] | KeySet,
     *,
     normalize_query: bool = True,
     patch: int = 3,
@@ -124,28 +163,28 @@ def search_padded(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`search` for a query map that already carries its ``patch // 2``-pixel border ring
     (C, H + 2r, W + 2r): the ring's features take part in the border patches (zeros at an image
-    border, the neighbours' features for a piece cut from a larger image). Returns (S, index) (H, W)."""
-    if q_pad.dim() != 3 or not keys or any(k.dim() != 3 or k.shape[0] != q_pad.shape[0] for k in keys):
-        raise ValueError("search expects a (C,H,W) query and a non-empty list of (C,h,w) keys with the same C")
+    border, the neighbours' features for a piece cut from a larger image). ``keys`` may be a
+    :class:`KeySet` made by :func:`prepare_keys` (its patch size and product dtype then apply).
+    Returns (S, index) (H, W)."""
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch must be odd, got {patch}")
-    r = patch // 2
+    if not isinstance(keys, KeySet):
+        keys = prepare_keys(keys, patch=patch, product_dtype=product_dtype)
+    patch, dtype = keys.patch, keys.product_dtype
+    if q_pad.dim() != 3 or keys.keys[0].op.shape[0] != q_pad.shape[0]:
+        raise ValueError("search expects a (C,H,W) query and a non-empty list of (C,h,w) keys with the same C")
     halo = patch - 1
     c, hp, wp = q_pad.shape
     h, w = hp - halo, wp - halo
     if h < 1 or w < 1:
         raise ValueError(f"padded query {tuple(q_pad.shape)} is smaller than one {patch}×{patch} patch")
     dev = q_pad.device
-    dtype = product_dtype or torch.float32
-    shapes = [tuple(k.shape[1:]) for k in keys]
+    shapes = keys.shapes
     plan = plan_steps((h, w), shapes, patch=patch, budget_bytes=budget_bytes, query_rows=query_rows,
                       key_rows=key_rows, device=dev)
     total = count_steps((h, w), shapes, plan)
 
-    # Operands in the product dtype; low precision gets one global scale per map so that
-    # float16's range holds every per-pixel product (the argmax does not depend on it).
-    # Operands in the product dtype; low precision gets one global scale per map so that
-    # float16's range holds every per-pixel product (the argmax does not depend on it).
+    # operands in the product dtype, scaled like the keys' (see prepare_keys)
     low = dtype in (torch.float16, torch.bfloat16)
     q_scale = float(q_pad.abs().amax().clamp_min(EPS)) if low else 1.0
     q_op = (q_pad.float() / q_scale).to(dtype) if low else q_pad.float()
@@ -156,13 +195,9 @@ def search_padded(
     best_idx = torch.zeros((h, w), dtype=torch.long, device=dev)
     done = 0
     offset = 0
-    for (_, qr, kr), key in zip(plan, keys):
-        hk, wk = key.shape[1:]
+    for (_, qr, kr), key, (hk, wk) in zip(plan, keys.keys, shapes):
         wkp = wk + halo
-        k_pad = F.pad(key, (r, r, r, r))
-        inv_norm = 1.0 / _patch_norms(k_pad, patch).clamp_min(EPS)  # (hk, wk)
-        k_scale = float(key.abs().amax().clamp_min(EPS)) if low else 1.0
-        k_op = (k_pad.float() / k_scale).to(dtype) if low else k_pad.float()
+        k_op, inv_norm, k_scale = key.op, key.inv_norm, key.scale
         inv = torch.zeros(kr, wkp, device=dev)  # per score column: 1/‖key patch‖ (pad columns: 0)
         width = (kr + halo) * wkp
         # zero-filled once: entries at pad positions are computed on but never set, and stale

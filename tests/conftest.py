@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import struct
+import termios
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -69,3 +76,54 @@ def _reference_test_inputs(lr: np.ndarray, ref: np.ndarray) -> tuple[torch.Tenso
 def reference_test_inputs():
     """:func:`_reference_test_inputs`, for tests that compare the pipeline with the reference's procedure."""
     return _reference_test_inputs
+
+
+def _on_terminal(run):
+    """Call ``run(fd)`` with ``fd`` a pseudo-terminal of 100 columns (to pass as stderr); return
+    (run's result, the text drawn there)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns
+    chunks: list[bytes] = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        result = run(slave)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    return result, b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.fixture
+def on_terminal():
+    """:func:`_on_terminal`: progress bars are drawn only when stderr is a terminal."""
+    return _on_terminal
+
+
+@pytest.fixture
+def errors():
+    """Error notifications napari shows while the test runs (napari tests only: imported lazily)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def keep(event):
+        note = event.value if hasattr(event, "value") else event
+        if str(getattr(note, "severity", "")).lower().endswith("error"):
+            seen.append(str(note.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)

@@ -22,6 +22,7 @@ from napari_refsr import weights
 from napari_refsr.archs.registry import build_network
 from napari_refsr.errors import RefSRError
 from napari_refsr.files import atomic_write, fsync_dir
+from napari_refsr.weights import load_state_dict_file
 
 __all__ = ["TRAIN_FORMAT", "atomic_torch_save", "load_training_checkpoint", "rng_state", "set_rng_state",
            "CheckpointManager", "model_config", "network_from_checkpoint", "export_model",
@@ -37,15 +38,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_training_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """A training checkpoint written by :class:`CheckpointManager` (safe ``weights_only`` load)."""
+def load_training_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint written by :class:`CheckpointManager` (safe ``weights_only`` load, on the CPU)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise RefSRError(f"training checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file, foreign pickle, ...
-        raise RefSRError(f"cannot read training checkpoint {path}: {str(err).splitlines()[0][:200]}") from None
+    try:  # the core's safe reader: one line for an empty, truncated or foreign file
+        obj = load_state_dict_file(path)
+    except RefSRError as err:
+        raise RefSRError(f"cannot read training checkpoint {err}") from None
     if not isinstance(obj, dict) or obj.get("format") != TRAIN_FORMAT:
         raise RefSRError(f"{path} is not a napari-refsr training checkpoint (to fine-tune from model "
                          f"weights use model.init=PATH instead of --resume)")

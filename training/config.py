@@ -13,6 +13,7 @@ and settings that belong to the other architecture are refused by :func:`check_c
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,6 +21,7 @@ import yaml
 
 from napari_refsr.archs.registry import ARCHITECTURES, model_keys
 from napari_refsr.errors import RefSRError
+from training.data.references import ReferenceMix
 
 __all__ = ["DEFAULTS", "ARCH_DEFAULTS", "ARCH_MODEL_KEYS", "load_config", "apply_overrides", "set_key",
            "rec_only", "check_config", "network_config"]
@@ -54,6 +56,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_max_images": None,
         "crop": 160,  # HR / Ref training crop (LR = crop / 4)
         "min_ref": 32,  # smallest usable automatic reference (pixels)
+        # plain folders without ref_dir: the mixture each crop's reference is drawn from
+        # (training/data/references.py; ranges are [low, high])
+        "reference": ReferenceMix().to_dict(),
+        # validation reference of plain 2D images: similar (the second half of the image) or
+        # overlap (a shifted, re-exposed view covering 3/4 of the held-out half)
+        "val_reference": "similar",
         "blur": 0.0,  # Gaussian blur sigma (HR pixels) before ×4 downsampling; [a, b] = random
         "noise": 0.0,  # Gaussian noise std on LR (0..1 units); [a, b] = random
         "flip": True,
@@ -101,7 +109,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "run": {
         "out": "runs/ttsr",
-        "log_every": 10,  # steps between CSV/TensorBoard rows
+        "log_every": 10,  # steps between CSV/TensorBoard rows (fewer for runs under 20 rows)
         "val_every": 1000,  # steps; 0 = only at the end
         "val_at_start": True,  # validate the initial model too (the "before" numbers)
         "ckpt_every": 1000,  # steps; a checkpoint is also written at every epoch end and at the end
@@ -199,6 +207,9 @@ def set_key(config: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
     """Apply ``key=value`` strings; values are YAML (``1e-4``, ``null``, ``[16,16,8,4]``, ``true``)."""
     for item in overrides:
@@ -207,6 +218,8 @@ def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
+            if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+                value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         except yaml.YAMLError as err:
             raise RefSRError(f"override {item!r}: value is not valid YAML ({err})") from err
         set_key(config, key.strip(), value)
@@ -280,6 +293,9 @@ def check_config(config: dict) -> dict:
         raise RefSRError(f"data.layout must be auto, cufed or folder, got {d['layout']!r}")
     if str(d["val_level"]) not in ("1", "2", "3", "4", "5", "all"):
         raise RefSRError(f"data.val_level must be 1..5 or all, got {d['val_level']!r}")
+    ReferenceMix.from_config(d["reference"])  # raises on bad probabilities / ranges
+    if d["val_reference"] not in ("similar", "overlap"):
+        raise RefSRError(f"data.val_reference must be similar or overlap, got {d['val_reference']!r}")
     if tr["amp_dtype"] not in ("auto", "float16", "bfloat16"):
         raise RefSRError(f"train.amp_dtype must be auto, float16 or bfloat16, got {tr['amp_dtype']!r}")
     return config

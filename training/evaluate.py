@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 import time
@@ -76,7 +77,9 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
     ``uninformative_ref``: give the network its own LR↑ as the only reference instead of the real
     ones, which measures how much of its quality comes from the reference.
 
-    Returns ``{"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "n", "images": [...]}``.
+    Returns ``{"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "n", "images": [...]}``, plus
+    ``s_in`` / ``s_out``, the mean confidence S where the reference holds the image's content and
+    where it does not, when the items say where that is (:attr:`EvalItem.covered`).
     """
     device = torch.device(device)
     was_training = network.training if network is not None else False
@@ -99,6 +102,8 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
                                   [r.to(device) for r in refs], [r.to(device) for r in refs_du])
                 sr = metric_image(out[0][0].float().clamp(-1, 1), quantize=item.quantize, gray=item.gray)
                 row["psnr"], row["ssim"] = psnr_ssim(sr, hr)
+                if item.covered is not None and getattr(out, "S", None) is not None:
+                    row["s_in"], row["s_out"] = confidence_inside_outside(out.S[0, 0].float().cpu(), item.covered)
             rows.append(row)
     finally:
         if network is not None and was_training:
@@ -108,8 +113,18 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
     result = {"n": len(rows), "images": rows}
     for key in rows[0]:
         if key != "image":
-            result[key] = float(np.mean([r[key] for r in rows]))
+            values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+            result[key] = float(np.mean(values)) if values else math.nan
     return result
+
+
+def confidence_inside_outside(S: torch.Tensor, covered: torch.Tensor) -> tuple[float, float]:
+    """Mean S (LR grid) over the LR pixels whose whole 4×4 HR block the reference shows, and
+    over the others (NaN where there are none)."""
+    h, w = S.shape
+    inside = covered[: h * 4, : w * 4].reshape(h, 4, w, 4).all(dim=3).all(dim=1)
+    mean = lambda m: float(S[m].mean()) if bool(m.any()) else math.nan  # noqa: E731
+    return mean(inside), mean(~inside)
 
 
 def _down_up_net(img: torch.Tensor, quantize: bool) -> torch.Tensor:
@@ -147,59 +162,136 @@ def _levels(values: Sequence[str]) -> list[str]:
     return out
 
 
+REFERENCES = ("similar", "overlap", "unrelated", "uninformative")
+_LR_UP = "LR↑"
+
+
 def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref_dir: str | None = None,
         crop: int | None = None, max_images: int | None = None, device: str = "auto",
-        csv_path: str | None = None, out=None, uninformative_ref: bool = False) -> list[dict]:
-    """Evaluate every model (and bicubic) at every level; print a table, write a CSV.
-    With ``uninformative_ref`` every model is also run with its own LR↑ as the reference."""
+        csv_path: str | None = None, out=None, uninformative_ref: bool = False,
+        references: Sequence[str] = ("similar",)) -> list[dict]:
+    """Evaluate every model (and bicubic) at every level and with every kind of reference
+    (``similar``, ``overlap``, ``unrelated``: see :func:`training.data.eval_items`;
+    ``uninformative``: the image's own LR↑); print a table, write a CSV. ``uninformative_ref``
+    adds ``uninformative`` to ``references``."""
     out = out or sys.stdout
     from napari_refsr.devices import choose_device
 
+    references = list(dict.fromkeys(list(references) + (["uninformative"] if uninformative_ref else [])))
+    bad = [r for r in references if r not in REFERENCES]
+    if bad or not references:
+        raise RefSRError(f"--refs takes {', '.join(REFERENCES)}, got {', '.join(bad) or 'nothing'}")
     dev = choose_device(device)
     networks = [load_network(m, dev) for m in models]
     summary, per_image = [], []
+
+    def record(method: str, tag: str, kind: str, res: dict, *, bicubic: bool = False, seconds="") -> None:
+        """One summary row (and its per-image rows) from :func:`evaluate_network`'s result."""
+        tail = "_bicubic" if bicubic else ""
+
+        def row(r: dict) -> dict:
+            return {"method": method, "level": tag, "reference": kind, "psnr": r["psnr" + tail],
+                    "ssim": r["ssim" + tail], "s_in": math.nan if bicubic else r.get("s_in", math.nan),
+                    "s_out": math.nan if bicubic else r.get("s_out", math.nan)}
+
+        summary.append({**row(res), "n": res["n"], "seconds": seconds})
+        per_image.extend({**row(r), "image": r["image"]} for r in res["images"])
+
+    cufed = ref_dir is None and _is_cufed(data)
     for level in levels:
-        items = eval_items(data, level=level, ref_dir=ref_dir, crop=crop, max_images=max_images)
-        tag = level if ref_dir is None and _is_cufed(data) else "-"
-        first = True
-        for net, name in networks or [(None, None)]:
-            t0 = time.perf_counter()
-            res = evaluate_network(net, items, device=dev)
-            seconds = time.perf_counter() - t0
-            if first:
-                summary.append({"method": "bicubic", "level": tag, "psnr": res["psnr_bicubic"],
-                                "ssim": res["ssim_bicubic"], "n": res["n"], "seconds": ""})
-                per_image += [{"method": "bicubic", "level": tag, "image": r["image"], "psnr": r["psnr_bicubic"],
-                               "ssim": r["ssim_bicubic"]} for r in res["images"]]
-                first = False
-            if net is None:
-                continue
-            runs = [(name, res, seconds)]
-            if uninformative_ref:
+        tag = level if cufed else "-"
+        bicubic_done = False
+        for kind in references:
+            items = eval_items(data, level=level, ref_dir=ref_dir, crop=crop, max_images=max_images,
+                               reference="similar" if kind == "uninformative" else kind)
+            for net, name in networks or [(None, None)]:
                 t0 = time.perf_counter()
-                runs.append((f"{name} (ref = LR↑)", evaluate_network(net, items, device=dev, uninformative_ref=True),
-                             time.perf_counter() - t0))
-            for method, r_, secs in runs:
-                summary.append({"method": method, "level": tag, "psnr": r_["psnr"], "ssim": r_["ssim"],
-                                "n": r_["n"], "seconds": round(secs, 2)})
-                per_image += [{"method": method, "level": tag, "image": r["image"], "psnr": r["psnr"],
-                               "ssim": r["ssim"]} for r in r_["images"]]
-        if ref_dir is not None or not _is_cufed(data):
+                res = evaluate_network(net, items, device=dev, uninformative_ref=kind == "uninformative")
+                seconds = round(time.perf_counter() - t0, 2)
+                if not bicubic_done:  # the HR images, and so bicubic, are the same for every kind
+                    record("bicubic", tag, "-", res, bicubic=True)
+                    bicubic_done = True
+                if net is None:
+                    continue
+                method = f"{name} (ref = {_LR_UP})" if kind == "uninformative" else name
+                record(method, tag, _LR_UP if kind == "uninformative" else kind, res, seconds=seconds)
+            if net is None:
+                break
+        if not cufed:
             break  # levels only mean something for CUFED5
     _print_table(summary, out)
     if csv_path:
-        path = Path(csv_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["method", "level", "image", "psnr", "ssim", "n"])
-            w.writeheader()
-            for row in summary:
-                w.writerow({"method": row["method"], "level": row["level"], "image": "mean",
-                            "psnr": f"{row['psnr']:.4f}", "ssim": f"{row['ssim']:.4f}", "n": row["n"]})
-            for row in per_image:
-                w.writerow({**row, "psnr": f"{row['psnr']:.4f}", "ssim": f"{row['ssim']:.4f}", "n": 1})
-        print(f"wrote {path}", file=out)
+        _write_csv(Path(csv_path), summary, per_image)
+        print(f"wrote {csv_path}", file=out)
     return summary
+
+
+def reference_figure(network: torch.nn.Module, item: EvalItem, path: str | Path, *, device="cpu",
+                     box: tuple[int, int, int, int] | None = None, zoom: int = 2) -> Path:
+    """What the reference adds, on one image: LR↑ (bicubic) / the output with the item's reference /
+    with the uninformative one (LR↑) / the confidence S with the real reference (black 0.5, white
+    1) / HR, over ``box`` (y, x, h, w in HR pixels; default: the whole image)."""
+    from training.plot import plot_panels
+
+    x = item.inputs()
+    with torch.no_grad():
+        network.eval()
+        real = network(x["lr"].to(device), x["lr_up"].to(device), [r.to(device) for r in x["ref"]],
+                       [r.to(device) for r in x["ref_down_up"]])
+        own = network(x["lr"].to(device), x["lr_up"].to(device), [x["lr_up"].to(device)],
+                      [_down_up_net(x["lr_up"], item.quantize).to(device)])
+    y0, x0, h, w = box or (0, 0, *item.hr.shape[-2:])
+
+    def pixels(t: torch.Tensor) -> np.ndarray:
+        v = ((t[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        return v[y0 : y0 + h, x0 : x0 + w]
+
+    s = torch.nn.functional.interpolate(real.S.float().cpu(), scale_factor=4, mode="nearest")[0, 0]
+    conf = ((s.clamp(0.5, 1) - 0.5) * 510).round().byte().numpy()[y0 : y0 + h, x0 : x0 + w]
+    panels = [("LR (bicubic)", pixels(x["lr_up"])), ("with the reference", pixels(real[0])),
+              ("with ref = LR (uninformative)", pixels(own[0])), ("confidence S (0.5..1)", conf),
+              ("HR (truth)", pixels(x["hr"]))]
+    return plot_panels(path, panels, zoom=zoom)
+
+
+def _figure(args: argparse.Namespace) -> None:
+    """``--figure``: :func:`reference_figure` for the command line's choices."""
+    from napari_refsr.devices import choose_device
+
+    if not args.model:
+        raise RefSRError("--figure needs a --model")
+    kind = next((k for k in args.refs if k != "uninformative"), "similar")
+    items = eval_items(args.data, ref_dir=args.ref_dir, crop=args.crop, reference=kind)
+    item = next((it for it in items if args.figure_image in (None, it.name)), None)
+    if item is None:
+        raise RefSRError(f"--figure-image {args.figure_image!r} is not one of {', '.join(i.name for i in items)}")
+    box = None
+    if args.figure_box:
+        parts = args.figure_box.split(",")
+        if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise RefSRError(f"--figure-box takes y,x,h,w (four integers), got {args.figure_box!r}")
+        box = tuple(int(p) for p in parts)
+    dev = choose_device(args.device)
+    network, _ = load_network(args.model[0], dev)
+    print(f"wrote {reference_figure(network, item, args.figure, device=dev, box=box)}")
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "" if not isinstance(value, float) or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _write_csv(path: Path, summary: list[dict], per_image: list[dict]) -> None:
+    from napari_refsr.files import atomic_write
+
+    fields = ["method", "level", "reference", "image", "psnr", "ssim", "s_in", "s_out", "n"]
+    rows = [{**r, "image": "mean"} for r in summary] + [{**r, "n": 1} for r in per_image]
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "psnr": _fmt(r["psnr"], 4), "ssim": _fmt(r["ssim"], 4),
+                    "s_in": _fmt(r["s_in"], 4), "s_out": _fmt(r["s_out"], 4)})
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def _is_cufed(data: str) -> bool:
@@ -210,9 +302,11 @@ def _is_cufed(data: str) -> bool:
 
 def _print_table(rows: list[dict], out) -> None:
     width = max([len("method")] + [len(str(r["method"])) for r in rows])
-    print(f"{'method':<{width}}  level  {'PSNR':>7}  {'SSIM':>6}  images", file=out)
+    print(f"{'method':<{width}}  level  {'reference':<9}  {'PSNR':>7}  {'SSIM':>6}  {'S in':>6}  {'S out':>6}  images",
+          file=out)
     for r in rows:
-        print(f"{r['method']:<{width}}  {str(r['level']):>5}  {r['psnr']:7.3f}  {r['ssim']:6.4f}  {r['n']:>6}", file=out)
+        print(f"{r['method']:<{width}}  {str(r['level']):>5}  {r['reference']:<9}  {r['psnr']:7.3f}  {r['ssim']:6.4f}  "
+              f"{_fmt(r['s_in'], 3):>6}  {_fmt(r['s_out'], 3):>6}  {r['n']:>6}", file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,13 +321,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--csv", default=None, help="write the table and per-image values here")
+    parser.add_argument("--refs", nargs="+", default=["similar"], choices=REFERENCES,
+                        help="kinds of reference for plain folders: similar (the image's other half), overlap (a "
+                             "shifted, re-exposed view of the image), unrelated (another image's), uninformative "
+                             "(the image's own LR↑); S in/out = mean confidence where the reference holds the content "
+                             "and where it does not")
     parser.add_argument("--uninformative-ref", action="store_true",
                         help="also run every model with its own LR↑ as the reference (the value of the reference)")
+    parser.add_argument("--figure", default=None,
+                        help="also write a PNG of what the reference adds (first model, first --refs kind, "
+                             "--figure-image): LR↑ / with the reference / with ref = LR↑ / confidence / HR")
+    parser.add_argument("--figure-image", default=None, help="image name for --figure (default: the first)")
+    parser.add_argument("--figure-box", default=None, help="y,x,h,w region of the HR image for --figure")
     args = parser.parse_args(argv)
     try:
         run(args.model, args.data, levels=_levels(args.level), ref_dir=args.ref_dir, crop=args.crop,
             max_images=args.max_images, device=args.device, csv_path=args.csv,
-            uninformative_ref=args.uninformative_ref)
+            uninformative_ref=args.uninformative_ref, references=args.refs)
+        if args.figure:
+            _figure(args)
     except RefSRError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

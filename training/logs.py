@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Sequence
+
+from napari_refsr.files import atomic_write
 
 __all__ = ["LOSS_KEYS", "LOG_FIELDS", "VAL_FIELDS", "CsvLog", "open_tensorboard"]
 
@@ -15,16 +18,19 @@ VAL_FIELDS = ["step", "epoch", "psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "
 
 
 class CsvLog:
-    """Append-only CSV with a header; on resume, rows after the resumed step are dropped."""
+    """Append-only CSV with a header; on resume, rows after the resumed step are dropped.
+
+    That rewrite is atomic: a kill during it leaves the old log, never an empty one."""
 
     def __init__(self, path: Path, fields: Sequence[str], resume_step: int | None):
         self.path, self.fields = path, list(fields)
         rows = self.read() if path.exists() and resume_step is not None else []
         rows = [r for r in rows if _num(r.get("step")) <= resume_step] if resume_step is not None else []
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
     def read(self) -> list[dict]:
         with open(self.path, newline="") as f:

@@ -43,6 +43,7 @@ from napari_refsr.errors import RefSRError  # noqa: E402
 from training.checkpoints import CheckpointManager, export_training_checkpoint, load_training_checkpoint  # noqa: E402
 from training.config import ARCH_MODEL_KEYS, check_config, load_config, rec_only, set_key  # noqa: E402
 from training.distributed import Dist, init_distributed  # noqa: E402
+from training.resume import latest_intact  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
 __all__ = ["main", "parse_args", "build_config"]
@@ -103,7 +104,10 @@ def build_config(args, base: dict | None = None) -> dict:
     return config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, events=None, should_stop=None) -> int:
+    """Run the command line; ``events`` and ``should_stop`` go to the :class:`Trainer` (a GUI's
+    live plot and Stop button, see :mod:`training.job`); a RefSRError is also sent as an
+    ``error`` event."""
     args = parse_args(argv)
     dist_ctx = Dist()
     try:
@@ -118,10 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume or args.resume_from:
             if args.resume_from:
                 ckpt_path = Path(args.resume_from).expanduser()
-            else:
-                ckpt_path = CheckpointManager(Path(config["run"]["out"]).expanduser() / "checkpoints").latest()
-            if ckpt_path is not None:
                 resume = load_training_checkpoint(ckpt_path)
+            else:  # the newest checkpoint that reads (a crash can leave a damaged one)
+                folder = Path(config["run"]["out"]).expanduser() / "checkpoints"
+                ckpt_path, resume = latest_intact(CheckpointManager(folder).step_files(), load_training_checkpoint,
+                                                  lambda msg: print(msg, file=sys.stderr, flush=True))
+            if resume is not None:
                 stored = arch_of(resume["model_config"])
                 if args.model and args.model != stored:
                     raise RefSRError(f"{ckpt_path} is from a {stored} run; resume it with --model {stored} "
@@ -132,12 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"or choose another --out")
         check_config(config)
         dist_ctx, device = init_distributed(str(config["train"]["device"]))
-        trainer = Trainer(config, dist_ctx=dist_ctx, device=device, resume=resume)
+        trainer = Trainer(config, dist_ctx=dist_ctx, device=device, resume=resume, events=events,
+                          should_stop=should_stop)
         if resume is not None and dist_ctx.main:
             trainer.log(f"resumed from {ckpt_path} at step {trainer.step} (epoch {trainer.epoch})")
         trainer.fit()
     except RefSRError as err:
         print(f"error: {err}", file=sys.stderr)
+        if events is not None:
+            events({"kind": "error", "message": str(err)})
         return 2
     finally:
         if dist_ctx.active and dist.is_initialized():

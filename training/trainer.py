@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from napari_refsr.archs.convert import load_strict
 from napari_refsr.archs.registry import arch_of, build_network
 from napari_refsr.archs.vgg import VGG19Features
 from napari_refsr.errors import RefSRError
+from napari_refsr.files import atomic_write
 from training.checkpoints import (CheckpointManager, export_model, model_config, network_from_checkpoint,
                                   rng_state, set_rng_state)
 from training.config import check_config, network_config
@@ -29,7 +31,9 @@ from training.data import EpochSampler, build_train_set, eval_items
 from training.distributed import Dist
 from training.evaluate import evaluate_network
 from training.logs import LOG_FIELDS, LOSS_KEYS, VAL_FIELDS, CsvLog, open_tensorboard
-from training.plot import plot_curves
+from training.plot import log_interval, plot_curves
+from training.resume import (apply_optimizer_settings, changed_settings, check_changes, describe, epoch_position,
+                             fresh_settings)
 from training.losses import (WGANGP, Discriminator, PerceptualLoss, TextureLoss, TransferalPerceptualLoss,
                              load_vgg19_state, reconstruction_loss)
 
@@ -40,10 +44,22 @@ class Trainer:
     """One training run (single process or one rank of a DDP job)."""
 
     def __init__(self, config: dict, *, dist_ctx: Dist, device: torch.device, resume: dict | None = None,
-                 log=None):
+                 log=None, events: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        """``events(dict)`` hears the run on the main process — ``start`` (step, total), ``step``
+        (step, total, loss and its terms), ``val`` (the validation row), ``done`` (step, export,
+        val, stopped) — for a GUI's plot and progress. ``should_stop()`` is asked after every
+        step (on the main process, its answer shared by all); True ends the run as if it had
+        reached its last step: it validates, checkpoints and exports."""
+        self.events, self.should_stop, self.stopped = events, should_stop, False
         self.cfg = check_config(config)
         self.dist, self.device = dist_ctx, device
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.changes = {}  # settings that differ from the resumed checkpoint's (training/resume.py)
+        if resume is not None:
+            self.changes = changed_settings(resume["config"], self.cfg)
+            check_changes(self.changes, discriminator_restored=resume.get("discriminator") is not None
+                          and float(self.cfg["loss"]["adv"]) > 0)
         tr, lw = self.cfg["train"], self.cfg["loss"]
         self.out = Path(self.cfg["run"]["out"]).expanduser()
         if tr["threads"]:
@@ -90,7 +106,7 @@ class Trainer:
         if self.has_val and dist_ctx.main:
             self.val_items = eval_items(d["val"], level=d["val_level"], ref_dir=d["val_ref_dir"],
                                         crop=d["val_crop"], max_images=d["val_max_images"],
-                                        percentiles=tuple(d["percentiles"]))
+                                        percentiles=tuple(d["percentiles"]), reference=d["val_reference"])
 
     def _vgg_state(self, resume: dict | None):
         """VGG19 weights when the perceptual loss or a fresh network's extractor needs them."""
@@ -164,7 +180,8 @@ class Trainer:
             self.train_log = CsvLog(self.out / "log.csv", LOG_FIELDS, keep)
             self.val_log = CsvLog(self.out / "val.csv", VAL_FIELDS, keep)
             self.tb = open_tensorboard(self.out / "tb")
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+            config_text = yaml.safe_dump(self.cfg, sort_keys=False).encode()
+            atomic_write(self.out / "config.yaml", lambda f: f.write(config_text))
             self.ckpts.remove_partial()
 
     def _build_network(self, resume: dict | None, vgg_state) -> torch.nn.Module:
@@ -210,13 +227,21 @@ class Trainer:
         }
 
     def _restore(self, s: dict) -> None:
+        fresh, fresh_d = fresh_settings(self.optimizer), fresh_settings(self.opt_d) if self.opt_d else None
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
+        new_optim = any(k.startswith("optim.") for k in self.changes)  # else the stored values, bit for bit
+        if new_optim:
+            opt = self.cfg["optim"]
+            apply_optimizer_settings(self.optimizer, fresh, scheduler=self.scheduler,
+                                     step_size=max(1, int(opt["decay"])), gamma=float(opt["gamma"]))
         if s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
         if self.D is not None and s.get("discriminator") is not None:
             self.D.load_state_dict(s["discriminator"])
             self.opt_d.load_state_dict(s["optimizer_d"])
+            if new_optim:
+                apply_optimizer_settings(self.opt_d, fresh_d)
         elif self.D is not None and self.dist.main:
             warnings.warn("the checkpoint has no discriminator (it was trained with loss.adv=0): "
                           "the adversarial loss starts with a fresh critic", UserWarning)
@@ -227,7 +252,11 @@ class Trainer:
         if len(rngs) != self.dist.world:
             warnings.warn(f"resuming a {len(rngs)}-process run with {self.dist.world} process(es): "
                           "the data order continues, random draws do not repeat exactly", UserWarning)
-            self.epoch_step = min(self.epoch_step * len(rngs) // self.dist.world, self.steps_per_epoch)
+        self.epoch_step, note = epoch_position(self.epoch_step, old_batch=int(s["config"]["train"]["batch"]),
+                                               old_world=len(rngs), batch=self.batch, world=self.dist.world,
+                                               steps_per_epoch=self.steps_per_epoch)
+        if self.dist.main and self.changes:
+            self.log(f"resume: applied {describe(self.changes)}" + (f"; {note}" if note else ""))
         set_rng_state(rngs[self.dist.rank % len(rngs)])
 
     def save(self, *, best: bool = False) -> None:
@@ -236,6 +265,16 @@ class Trainer:
             self.ckpts.save(state, self.step, best=best)
         self._last_saved = self.step
         self.dist.barrier()
+
+    def _emit(self, kind: str, **fields) -> None:
+        if self.events is not None and self.dist.main:
+            self.events({"kind": kind, **fields})
+
+    def _stop_requested(self) -> bool:
+        if self.should_stop is None:
+            return False
+        self.stopped = bool(self.dist.broadcast(bool(self.should_stop()) if self.dist.main else None))
+        return self.stopped
 
     # -- one optimisation step ------------------------------------------------------------
 
@@ -297,6 +336,7 @@ class Trainer:
             if self.tb is not None:
                 for k in ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic"):
                     self.tb.add_scalar(f"val/{k}", result[k], self.step)
+            self._emit("val", **result)
             self.log(f"step {self.step}: val PSNR {result['psnr']:.3f} dB / SSIM {result['ssim']:.4f} "
                      f"(bicubic {result['psnr_bicubic']:.3f} / {result['ssim_bicubic']:.4f}, {result['n']} images)")
             self.plot()
@@ -324,7 +364,8 @@ class Trainer:
 
     def fit(self) -> dict:
         run = self.cfg["run"]
-        val_every, ckpt_every, log_every = int(run["val_every"] or 0), int(run["ckpt_every"] or 0), max(1, int(run["log_every"]))
+        val_every, ckpt_every = int(run["val_every"] or 0), int(run["ckpt_every"] or 0)
+        log_every = log_interval(int(run["log_every"]), self.total_steps())
         if self.dist.main:
             n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
             precision = f", mixed precision {str(self.amp_dtype).split('.')[-1]}" if self.amp_dtype else ""
@@ -333,6 +374,7 @@ class Trainer:
                      f"{len(self.dataset)} samples "
                      f"per epoch, {self.steps_per_epoch} steps per epoch per process; "
                      f"{'resumed at step ' + str(self.step) if self.resumed else 'fresh start'}")
+        self._emit("start", step=self.step, total=self.total_steps())
         if not self.resumed and self.has_val and bool(run["val_at_start"]):
             self.validate()
         from tqdm import tqdm
@@ -342,7 +384,7 @@ class Trainer:
         acc: dict[str, list[float]] = {}
         t_start = time.perf_counter()
         busy, samples = 0.0, 0  # data + optimisation time and samples since the last log row
-        while not self._done():
+        while not self._done() and not self.stopped:
             full = self.epoch >= self.init_epochs
             self.dataset.set_epoch(self.epoch)
             self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.batch)
@@ -360,6 +402,7 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()} | {"samples/s": f"{rate:.2f}"},
                                     refresh=False)
                     bar.update(1)
+                self._emit("step", step=self.step, total=self.total_steps(), **values)
                 if self.step % log_every == 0:
                     self._log_row(acc, full, samples, busy, t_start)
                     acc, busy, samples = {}, 0.0, 0
@@ -367,7 +410,7 @@ class Trainer:
                     self._validate_and_keep_best()
                 if ckpt_every and self.step % ckpt_every == 0 and self._last_saved != self.step:
                     self.save()
-                if self.max_steps is not None and self.step >= self.max_steps:
+                if (self.max_steps is not None and self.step >= self.max_steps) or self._stop_requested():
                     break
                 t_mark = time.perf_counter()  # validation and checkpoints do not count as training time
             else:  # the epoch ran out
@@ -396,7 +439,8 @@ class Trainer:
             if result is not None:
                 meta["val"] = {k: result[k] for k in ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")}
             export_model(self.net, exported, meta)
-            self.log(f"done at step {self.step}; exported {exported}")
+            self.log(f"{'stopped' if self.stopped else 'done'} at step {self.step}; exported {exported}")
+            self._emit("done", step=self.step, export=str(exported), val=result, stopped=self.stopped)
             if self.tb is not None:
                 self.tb.close()
         self.dist.barrier()

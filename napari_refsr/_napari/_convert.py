@@ -115,9 +115,22 @@ def reference_data(layer, world_point: Sequence[float] | None = None):
     return data[index]
 
 
-def output_name(name: str, factor: int = 4) -> str:
-    """The result layer's name: ``"<name> ×4 (RefSR)"``."""
-    return f"{name} ×{factor} (RefSR)"
+def output_name(name: str, factor: int = 4, kind: str = "") -> str:
+    """A result layer's name: ``"<name> ×4"``, ``"<name> ×4 confidence"``, ``"<name> source row"``…
+
+    What tells the layers apart comes last and nothing constant follows it: napari's layer list
+    elides long names in the middle, so the ends must differ (``metadata["refsr"]`` marks them).
+    """
+    if kind.startswith("source"):
+        return f"{name} {kind}"  # on the LR grid: no ×4
+    return f"{name} ×{factor}" + (f" {kind}" if kind else "")
+
+
+def _confidence_limits(conf: np.ndarray) -> list[float]:
+    """From the map's lowest S to a perfect match (1): a fixed 0..1 would show S of 0.7–1 nearly flat."""
+    finite = conf[np.isfinite(conf)]
+    low = float(finite.min()) if finite.size else 0.0
+    return [min(low, 1.0 - 1e-3), 1.0]
 
 
 def _pick(values, axes: Sequence[int]):
@@ -166,18 +179,19 @@ def result_layers(layer, axes: LayerAxes, result: UpscaleResult, *, factor: int,
 
     if confidence:
         out.append((result.confidence, companion(
-            "confidence", name=f"{layer.name} ×{factor} confidence (RefSR)", scale=_pick(out_scale, kept),
-            translate=_pick(out_translate, kept), colormap="magma", contrast_limits=[0.0, 1.0]), "image"))
+            "confidence", name=output_name(layer.name, factor, "confidence"), scale=_pick(out_scale, kept),
+            translate=_pick(out_translate, kept), colormap="magma",
+            contrast_limits=_confidence_limits(result.confidence)), "image"))
     if source:
         lr_grid = {"scale": _pick(layer.scale, kept), "translate": _pick(layer.translate, kept)}
         ref_number = result.source[..., 0] + 1  # 0 stays free for "no reference"
         names = ["(none)", *reference_names]
         out.append((ref_number.astype(np.int32), companion(
-            "source reference", name=f"{layer.name} source reference (RefSR)", **lr_grid,
+            "source reference", name=output_name(layer.name, factor, "source reference"), **lr_grid,
             features={"index": list(range(len(names))), "reference": names}), "labels"))
         for k, coord in ((1, "row"), (2, "column")):
             values = result.source[..., k]
             out.append((values, companion(
-                f"source {coord}", name=f"{layer.name} source {coord} (RefSR)", **lr_grid,
+                f"source {coord}", name=output_name(layer.name, factor, f"source {coord}"), **lr_grid,
                 colormap="viridis", contrast_limits=[0, max(1, int(values.max()))]), "image"))
     return out

@@ -107,12 +107,15 @@ class RefSRNetwork(nn.Module):
                 banks[b].lv3.append(lv3[i])
         return banks
 
-    def attend(self, query_padded: torch.Tensor, bank: ReferenceBank, **search_options):
+    def attend(self, query_padded: torch.Tensor, bank: ReferenceBank, *, keys=None, **search_options):
         """(S, index) (H, W) of a level-3 query map (C, H+2, W+2) that carries its 1-pixel ring
         (zeros at an image border, the neighbours' features for a piece of a larger image): the
         index of the best reference patch and S, its cosine — the hard and soft attention of
-        every network here. Options go to :func:`napari_refsr.search.search_padded`."""
-        return search_padded(query_padded, bank.keys, normalize_query=True, **search_options)
+        every network here. ``keys``: the bank's keys made ready once
+        (:func:`napari_refsr.shift_search.prepare_keys`); options go to
+        :func:`napari_refsr.search.search_padded`."""
+        return search_padded(query_padded, bank.keys if keys is None else keys, normalize_query=True,
+                             **search_options)
 
     def textures(self, index: torch.Tensor, bank: ReferenceBank) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The level-3/2/1 texture maps the network takes for hard-attention indices (H, W)."""

@@ -4,8 +4,6 @@ converter reads. Adding a network is its own files plus one line in :data:`ARCHI
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -15,6 +13,7 @@ from ..errors import RefSRError, WeightsError
 from . import ttsr_convert
 from .base import RefSRNetwork
 from .convert import ForeignFormat, some
+from .guard import check_fields, expected_shapes
 from .srntt import SRNTT, SRNTTConfig
 from .ttsr import TTSR, TTSRConfig
 
@@ -34,6 +33,7 @@ class Architecture:
     foreign: tuple[ForeignFormat, ...] = ()
     # our exports of this network are completed by its config dataclass and checked key by key
     # when read (a one-line error before loading); otherwise their config is kept as stored
+    # (``load_model`` checks them key by key before building: :func:`check_state_dict`)
     check_exports: bool = False
 
     @property
@@ -76,6 +76,7 @@ def build_network(config: Mapping) -> RefSRNetwork:
     """An untrained network of the architecture described by ``config`` (``config["arch"]``)."""
     arch = arch_of(config)
     entry = architecture(arch)
+    expected_shapes(entry.config_cls, entry.network_cls, config)  # bounds and size before allocating
     names = set(entry.config_cls.__dataclass_fields__)
     try:
         cfg = entry.config_cls(**{k: v for k, v in config.items() if k in names})
@@ -92,11 +93,14 @@ def foreign_formats() -> Iterator[tuple[Architecture, ForeignFormat]]:
 
 
 def check_export(sd: Mapping[str, torch.Tensor], config: dict) -> dict:
-    """The config of one of our exports; for architectures with ``check_exports``, completed by
-    the config dataclass and checked against the tensors (others, and unknown architectures, pass
-    as stored: loading them names any problem)."""
+    """The config of one of our exports, its integer fields checked (:mod:`.guard`); for
+    architectures with ``check_exports``, completed by the config dataclass and checked against
+    the tensors (others, and unknown architectures, pass as stored: loading them names any problem)."""
     entry = ARCHITECTURES.get(config["arch"])
-    if entry is None or not entry.check_exports:
+    if entry is None:
+        return dict(config)
+    check_fields(entry.config_cls, config)  # n_feats 8.0 or 20000: refused before anything is built
+    if not entry.check_exports:
         return dict(config)
     try:
         config = entry.config_cls(**config).to_dict()
@@ -106,21 +110,10 @@ def check_export(sd: Mapping[str, torch.Tensor], config: dict) -> dict:
     return config
 
 
-@functools.lru_cache(maxsize=8)
-def _shapes(config_json: str) -> dict[str, tuple[int, ...]]:
-    """Key → shape of a network's state dict, from one throw-away CPU build per config.
-
-    (The meta device would avoid the allocation, but its first use costs seconds of imports.)
-    """
-    with torch.no_grad():
-        net = build_network(json.loads(config_json))
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
-
-
 def check_state_dict(sd: Mapping[str, torch.Tensor], config: dict, fmt: str) -> None:
     """Check keys and shapes against a network of ``config`` for a one-line error naming the problem."""
-    entry = architecture(config["arch"])
-    expected = _shapes(json.dumps(config, sort_keys=True))
+    entry = architecture(arch_of(config))
+    expected = expected_shapes(entry.config_cls, entry.network_cls, config)  # bounds first; a meta build
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [f"{k} {tuple(sd[k].shape)} vs {expected[k]}" for k in expected

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import WeightsError
 from .convert import load_strict, some, strip_prefix
+from .guard import expected_shapes
 from .srntt import SRNTT, SRNTTConfig
 from .vgg import LTE
 
@@ -85,5 +86,6 @@ def convert_srntt_pytorch(
     except (KeyError, RuntimeError) as exc:
         raise WeightsError(f"the VGG19 weights are not a torchvision VGG19 state dict ({exc})") from None
     out.update({f"vgg.{k}": v for k, v in vgg.state_dict().items()})
+    expected_shapes(SRNTTConfig, SRNTT, config.to_dict())  # bounds and size before allocating
     load_strict(SRNTT(config), out, f"srntt-pytorch weights do not fit SRNTT {config.to_dict()}")
     return out, config.to_dict()

@@ -45,9 +45,10 @@ class MeanShift(nn.Conv2d):
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__(3, 3, kernel_size=1)
-        std_t = torch.tensor(std)
-        self.weight.data = torch.eye(3).view(3, 3, 1, 1) / std_t.view(3, 1, 1, 1)
-        self.bias.data = -torch.tensor(mean) / std_t
+        with torch.no_grad():  # values made on the CPU: on the meta device torch.eye costs seconds of imports
+            std_t = torch.tensor(std, device="cpu")
+            self.weight.copy_(torch.eye(3, device="cpu").view(3, 3, 1, 1) / std_t.view(3, 1, 1, 1))
+            self.bias.copy_(-torch.tensor(mean, device="cpu") / std_t)
         self.weight.requires_grad_(False)
         self.bias.requires_grad_(False)
 

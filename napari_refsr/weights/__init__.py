@@ -10,11 +10,11 @@ from .checkpoint import EXPORT_FORMAT, EXPORT_VERSION, Checkpoint, load_state_di
 from .convert import convert_srntt_pytorch_file
 from .registry import FORMATS, REGISTRY, TTSR_PUBLISHED, WeightSpec, get_spec, model_names
 from .store import (BASE_URL_ENV, CACHE_ENV, CHECKPOINT_SUFFIXES, MODELS_ENV, cache_dir, download_url, fetch,
-                    find_checkpoints, list_weights, resolve, weights_path)
+                    find_checkpoints, hash_note, list_weights, resolve, weights_path)
 
 __all__ = [
     "EXPORT_FORMAT", "EXPORT_VERSION", "Checkpoint", "load_state_dict_file", "read_checkpoint", "save_checkpoint",
     "convert_srntt_pytorch_file", "FORMATS", "REGISTRY", "TTSR_PUBLISHED", "WeightSpec", "get_spec", "model_names",
     "BASE_URL_ENV", "CACHE_ENV", "CHECKPOINT_SUFFIXES", "MODELS_ENV", "cache_dir", "download_url", "fetch",
-    "find_checkpoints", "list_weights", "resolve", "weights_path",
+    "find_checkpoints", "hash_note", "list_weights", "resolve", "weights_path",
 ]

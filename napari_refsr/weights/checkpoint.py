@@ -157,6 +157,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     problem raises :class:`WeightsError` with the file name and the reason on one line.
     """
     path = Path(path)
+    from .. import zoo  # bioimage.io packages: a zip (as .pt files are) holding an rdf.yaml
+
+    if zoo.is_package(path):
+        return zoo.read_package(path)
     obj, st_meta = _load_file(path)
     try:
         ckpt = _interpret(obj, st_meta)

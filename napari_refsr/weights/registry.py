@@ -64,7 +64,7 @@ REGISTRY: dict[str, WeightSpec] = {
         name="refsr-compact",
         url=None,
         filename="refsr-compact.safetensors",
-        hash="sha256:7f370936ef63a2e6f075269353497af9833ee06f378df696cd3ea26e8485d79f",
+        hash="sha256:fe3235b4d2e55b2b5fb9bcb925996d60a1b0848431936db493401126ff4cae4d",
         format="refsr",
         description="compact TTSR ×4 (32 features, 4+4+2+1 blocks) trained on scikit-image's "
                     "bundled images; ships with the package, works offline (docs/model-card.md)",

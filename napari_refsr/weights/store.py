@@ -4,7 +4,6 @@ packaged files, local checkpoint folders, and :func:`resolve` for "a name or a p
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 from urllib.parse import urlsplit
@@ -13,11 +12,14 @@ import pooch
 
 from ..errors import WeightsError
 from ..files import remove_file
+from ..tempfiles import make_temp, target_mode
+from . import pins
 from .hashes import check_hash, describe_hash, hash_alg
+from .pins import with_pin
 from .registry import REGISTRY, WeightSpec, get_spec
 
 __all__ = ["CACHE_ENV", "MODELS_ENV", "BASE_URL_ENV", "CHECKPOINT_SUFFIXES", "cache_dir", "weights_path",
-           "download_url", "fetch", "list_weights", "find_checkpoints", "resolve"]
+           "download_url", "fetch", "list_weights", "hash_note", "find_checkpoints", "resolve"]
 
 CACHE_ENV = "NAPARI_REFSR_CACHE"
 MODELS_ENV = "NAPARI_REFSR_MODELS"  # folders of local/exported checkpoints (os.pathsep-separated)
@@ -86,6 +88,7 @@ def fetch(
                     f"expected {describe_hash(spec.hash)}; the installation is damaged, reinstall "
                     f"napari-refsr")
             return packaged
+    spec = with_pin(spec, _folder(cache_dir))  # a user's full sha256 replaces a published prefix
     url = download_url(spec, base_url)
     if url is None:
         raise WeightsError(f"packaged weights for {name!r} are missing ({_PACKAGE_DIR / spec.packaged}) "
@@ -116,8 +119,13 @@ def list_weights(*, cache_dir: str | os.PathLike | None = None) -> list[dict]:
         packaged = spec.packaged is not None and path == _PACKAGE_DIR / spec.packaged
         rows.append({"name": name, "description": spec.description, "cached": path.is_file(),
                      "packaged": packaged, "path": str(path), "format": spec.format, "url": spec.url,
-                     "licence": spec.licence})
+                     "licence": spec.licence, "hash": hash_note(name, cache_dir=cache_dir)})
     return rows
+
+
+def hash_note(name: str, *, cache_dir: str | os.PathLike | None = None) -> str:
+    """How the file of ``name`` is verified, in words (``refsr weights list``)."""
+    return pins.hash_note(get_spec(name), _folder(cache_dir))
 
 
 class _CallbackBar:
@@ -144,8 +152,8 @@ def _download(spec: WeightSpec, url: str, dest: Path, progress) -> None:
 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
+        tmp_name = make_temp(dest, ".part")  # named so that a killed download's leftover is removed later
+        os.chmod(tmp_name, target_mode(dest))
     except OSError as exc:
         raise WeightsError(f"cannot write to the weights cache {dest.parent} ({exc.strerror or exc}); "
                            f"set {CACHE_ENV} to a writable folder") from exc
@@ -232,6 +240,9 @@ def resolve(
         candidate = Path(folder).expanduser() / inside
         if candidate.is_file():
             return candidate
+    if path.is_dir():
+        raise WeightsError(f"{what} {path} is a folder, not a file; give the .pt, .pth or .safetensors file "
+                           f"inside it")
     if text in REGISTRY:
         return fetch(text, cache_dir=cache_dir, progress=progress)
     if path.suffix or path.parent != Path("."):

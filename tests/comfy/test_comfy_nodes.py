@@ -12,7 +12,6 @@ import http.server
 import inspect
 import os
 import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -20,11 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-STANDIN = Path(__file__).resolve().parent / "comfy_standin"
-for _p in (str(ROOT), str(STANDIN)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from comfy_standin import activate
+
+activate()
 
 import comfy.model_management as mm  # noqa: E402  (the stand-in)
 import comfy.utils  # noqa: E402
@@ -34,11 +31,13 @@ from comfy_api.latest import ComfyExtension  # noqa: E402
 import comfy_nodes  # noqa: E402
 import napari_refsr  # noqa: E402
 from comfy_nodes import nodes as cn  # noqa: E402
+from comfy_nodes.grayscale import split_batch  # noqa: E402
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
 from napari_refsr.errors import RefSRError, WeightsError  # noqa: E402
 from napari_refsr.resize import resize_bicubic  # noqa: E402
 
 REFSR_DIR = Path(folder_paths.models_dir) / "refsr"
+DOWNLOADABLE = "ttsr-rec"  # a registry model that is downloaded (the default ships in the package)
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +125,8 @@ def test_schemas_types_tooltips_and_execute_signatures(tiny_file):
     loader, up = cn.LoadRefSRModel.define_schema(), cn.RefSRUpscale.define_schema()
     assert (loader.node_id, loader.display_name) == ("RefSRModelLoader", "Load RefSR Model")
     assert (up.node_id, up.display_name) == ("RefSRUpscale", "RefSR Upscale")
+    assert (loader.category, up.category) == ("loaders", "image/upscaling")  # beside ComfyUI's own
     for schema in (loader, up):
-        assert schema.category.startswith("image/upscaling")
         for item in schema.inputs + schema.outputs:
             assert isinstance(item.tooltip, str) and len(item.tooltip) > 20, item.id
         ids = [i.id for i in schema.inputs] + [o.id for o in schema.outputs if o.id]
@@ -150,6 +149,26 @@ def test_schemas_types_tooltips_and_execute_signatures(tiny_file):
                 assert params[i.id].default is None
 
 
+def test_newer_schema_fields_only_where_the_running_comfyui_has_them(monkeypatch):
+    """search_aliases came after ComfyUI 0.3.64 (whose io.Schema the stand-in copies): passed to a
+    newer io.Schema, left out for 0.3.64, which would reject the unknown keyword."""
+    from dataclasses import dataclass, field
+
+    from comfy_api.latest import io
+
+    with pytest.raises(TypeError):
+        io.Schema(node_id="x", search_aliases=["y"])
+    assert cn.schema_extras(search_aliases=["y"]) == {}
+    assert cn.LoadRefSRModel.define_schema().node_id == "RefSRModelLoader"
+
+    @dataclass
+    class NewerSchema(io.Schema):
+        search_aliases: list = field(default_factory=list)
+
+    monkeypatch.setattr(io, "Schema", NewerSchema)
+    assert "ttsr" in cn.LoadRefSRModel.define_schema().search_aliases
+
+
 def test_model_list_has_registry_models_then_checkpoints(tiny_file):
     (REFSR_DIR / "sub").mkdir(exist_ok=True)
     extra = [REFSR_DIR / "sub" / "b.safetensors", REFSR_DIR / "notes.txt", REFSR_DIR / ".x.pth.part"]
@@ -161,9 +180,38 @@ def test_model_list_has_registry_models_then_checkpoints(tiny_file):
         for p in extra:
             p.unlink()
     registry = [n for n, s in napari_refsr.weights.REGISTRY.items() if s.format != "vgg19"]
+    # the shipped default first and unmarked; the others need a download (none is in models/refsr)
     assert names[0] == napari_refsr.DEFAULT_MODEL
-    assert set(names[: len(registry)]) == set(registry) and "vgg19" not in names
+    assert set(names[: len(registry)]) == {napari_refsr.DEFAULT_MODEL} | {
+        f"{n} (download)" for n in registry if n != napari_refsr.DEFAULT_MODEL}
+    assert "vgg19" not in " ".join(names)
     assert names[len(registry):] == [os.path.join("sub", "b.safetensors"), "tiny.pt"]
+
+
+def test_downloaded_registry_model_is_listed_once_by_its_name(tiny_file):
+    """A registry file in models/refsr (downloaded, or saved there by hand as the offline message says)
+    drops the download mark and is not listed again under its long file name."""
+    spec = napari_refsr.weights.REGISTRY[DOWNLOADABLE]
+    assert f"{DOWNLOADABLE} (download)" in cn.model_names()
+    (REFSR_DIR / spec.filename).write_bytes(b"x")
+    try:
+        names = cn.model_names()
+    finally:
+        (REFSR_DIR / spec.filename).unlink()
+    assert DOWNLOADABLE in names and f"{DOWNLOADABLE} (download)" not in names
+    assert spec.filename not in names and names.count(DOWNLOADABLE) == 1
+
+
+def test_model_name_validation_accepts_both_spellings_of_a_registry_model(tiny_file):
+    """ComfyUI skips its own list check for inputs that validate_inputs takes; a workflow saved with
+    'ttsr-rec (download)' still validates once the file is there, and one saved with 'ttsr-rec'
+    before the download."""
+    validate = cn.LoadRefSRModel.validate_inputs
+    for name in (DOWNLOADABLE, f"{DOWNLOADABLE} (download)", napari_refsr.DEFAULT_MODEL, "tiny.pt"):
+        assert validate(model_name=name) is True, name
+    for bad in ("gone.pt", "vgg19", "no-such-model (download)"):
+        message = validate(model_name=bad)
+        assert isinstance(message, str) and repr(bad) in message and "not found" in message
 
 
 def test_loader_gives_a_cpu_model_from_the_refsr_folder(model, tiny_file):
@@ -178,9 +226,6 @@ def test_missing_model_file_is_a_clear_error(tiny_file):
         run(cn.LoadRefSRModel, model_name="gone.pt")
     with pytest.raises(RefSRError, match="neither|not found"):
         run(cn.LoadRefSRModel, model_name="no-such-model")
-
-
-DOWNLOADABLE = "ttsr-rec"  # a registry model that is downloaded (the default ships in the package)
 
 
 def _free_port() -> int:
@@ -230,7 +275,7 @@ def test_registry_model_is_downloaded_into_the_refsr_folder(tiny_file, monkeypat
     try:
         monkeypatch.setenv(napari_refsr.weights.BASE_URL_ENV, f"http://127.0.0.1:{server.server_port}/w")
         with pytest.raises(WeightsError, match="expected"):
-            run(cn.LoadRefSRModel, model_name=DOWNLOADABLE)
+            run(cn.LoadRefSRModel, model_name=f"{DOWNLOADABLE} (download)")  # as the list offers it
     finally:
         server.shutdown()
         server.server_close()
@@ -287,6 +332,43 @@ def test_several_references_second_third_input_and_batch(model, scene):
                                         tile=64, device="cpu", value_range=(0, 1))
     np.testing.assert_allclose(out_inputs[0].numpy(), np.clip(res.image, 0, 1), atol=1e-6)
     assert set(np.unique(res.source[..., 0])) <= {0, 1, 2} and (res.source[..., 0] == 2).mean() > 0.5
+
+
+def test_grayscale_images_take_the_gray_path_and_keep_equal_channels(model, scene):
+    """Load Image gives a grayscale file as RGB with equal channels: such images run through the core's
+    grayscale path (colour references turned to luma) and come back with three equal channels, while
+    a colour image of the same batch stays colour; progress counts over the whole batch."""
+    gray_lr = np.repeat(scene["lr"][0].mean(axis=-1, keepdims=True), 3, axis=-1)
+    events = []
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: events.append((v, t)))
+    out, mask = run(cn.RefSRUpscale, image=_image(gray_lr, scene["lr"][1], gray_lr), reference=_image(scene["hr"]),
+                    refsr_model=model, tile_size=32)
+    assert out.shape == (3, 64, 48, 3)
+    for b in (0, 2):
+        assert torch.equal(out[b, ..., 0], out[b, ..., 1]) and torch.equal(out[b, ..., 1], out[b, ..., 2])
+    luma = scene["hr"] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gray, conf = napari_refsr.upscale(model, gray_lr[..., 0], luma, tile=32, device="cpu", value_range=(0, 1),
+                                      return_confidence=True)
+    np.testing.assert_allclose(out[0, ..., 0].numpy(), np.clip(gray, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(mask[0].numpy(), np.clip(conf, 0, 1), atol=1e-6)
+    colour = napari_refsr.upscale(model, scene["lr"][1], scene["hr"], tile=32, device="cpu", value_range=(0, 1))
+    np.testing.assert_allclose(out[1].numpy(), np.clip(colour, 0, 1), atol=1e-6)
+    # as RGB the same image would come back with colour fringes: the gray path is what removes them
+    as_rgb = napari_refsr.upscale(model, gray_lr, scene["hr"], tile=32, device="cpu", value_range=(0, 1))
+    assert np.abs(as_rgb[..., 0] - as_rgb[..., 1]).max() > 1e-3
+    values, totals = [v for v, _ in events], {t for _, t in events}
+    assert values == sorted(values) and len(totals) == 1 and events[-1][0] == events[-1][1]  # one bar, to its end
+
+
+def test_grayscale_reference_guides_a_gray_image_and_rgba_is_not_gray(model, scene):
+    gray_lr = np.repeat(scene["lr"][0][..., :1], 3, axis=-1)
+    gray_ref = np.repeat(scene["hr"][..., 1:2], 3, axis=-1)
+    out, _ = run(cn.RefSRUpscale, image=_image(gray_lr), reference=_image(gray_ref), refsr_model=model, tile_size=32)
+    alone = napari_refsr.upscale(model, gray_lr[..., 0], gray_ref[..., 0], tile=32, device="cpu", value_range=(0, 1))
+    np.testing.assert_allclose(out[0, ..., 2].numpy(), np.clip(alone, 0, 1), atol=1e-6)
+    # four channels (RGBA) are never taken for gray, even with equal colour channels
+    rgba = np.concatenate([gray_lr, np.ones_like(gray_lr[..., :1])], axis=-1)
+    assert not split_batch(rgba[None])[0][1]
 
 
 def test_out_of_memory_retries_with_smaller_tiles(model, scene, monkeypatch):

@@ -7,23 +7,19 @@ the core called in-process on the same files, so the CLI is checked for passing 
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 
 import napari_refsr
-from napari_refsr import cli, imageio, weights
+from napari_refsr import cli, confidence, imageio, weights
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig
 
 REPO = Path(napari_refsr.__file__).resolve().parent.parent
@@ -96,9 +92,15 @@ def test_uint16_gray_with_two_references_confidence_and_source(tmp_path, ckpt, m
 
     conf = imageio.read_image(tmp_path / "conf.png")
     assert conf.shape == (80, 96) and conf.dtype == np.uint8
-    want = np.round(np.clip(expected.confidence, 0, 1) * 255)
+    want, window = confidence.to_uint8(expected.confidence)
     np.testing.assert_allclose(conf, want, atol=1)
-    assert conf.std() > 0  # a real map, not a constant
+    assert conf.min() <= 1 and conf.std() > 0  # black at the map's lowest S (white is S = 1)
+    with Image.open(tmp_path / "conf.png") as im:  # the mapping travels with the file
+        assert im.info["Description"] == window.describe()
+    # every file written is reported, the confidence with its mapping
+    wrote = [line for line in proc.stderr.splitlines() if line.startswith("refsr: wrote ")]
+    assert [line.split()[2] for line in wrote] == ["out.png", "conf.png", "src.tif"], proc.stderr
+    assert wrote[1].endswith(window.describe()) and "(80, 96) uint8" in wrote[1]
 
     src = imageio.read_image(tmp_path / "src.tif")
     assert src.shape == (20, 24, 3) and src.dtype == np.int32
@@ -112,7 +114,7 @@ def test_uint16_gray_with_two_references_confidence_and_source(tmp_path, ckpt, m
         "conf.png", "lr.png", "out.png", "ref_a.tif", "ref_b.png", "src.tif"]
 
 
-def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model):
+def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model, on_terminal):
     pages = np.stack([_smooth(20, 24, 3), _smooth(20, 24, 3)])
     ref = _smooth(48, 52, 3)
     tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="rgb", resolution=(3.0, 3.0),
@@ -120,30 +122,9 @@ def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model):
     imageio.write_image(tmp_path / "ref.png", ref)
 
     # stderr on a pseudo-terminal, so the progress bar is drawn
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns
-    chunks: list[bytes] = []
-
-    def drain():
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        proc = run_cli(tmp_path, "upscale", "stack.tif", "ref.png", "-o", "out.tif", "--model", ckpt,
-                       "--device", "cpu", "--tile", "64", "--confidence", "conf.tif", stderr=slave)
-    finally:
-        os.close(slave)
-        reader.join(timeout=10)
-        os.close(master)
-    tty_text = b"".join(chunks).decode("utf-8", "replace")
+    proc, tty_text = on_terminal(lambda fd: run_cli(
+        tmp_path, "upscale", "stack.tif", "ref.png", "-o", "out.tif", "--model", ckpt, "--device", "cpu",
+        "--tile", "64", "--confidence", "conf.tif", stderr=fd))
     assert proc.returncode == 0, tty_text
     # every phase says what it does; each slice's single tile gets a bar that starts at 0/1 (so
     # no bogus first rate) and ends at 1/1; the slice is named
@@ -163,6 +144,9 @@ def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model):
         np.testing.assert_allclose(out[z].astype(int), alone.astype(int), atol=1)
     conf = imageio.read_image(tmp_path / "conf.tif")
     assert conf.shape == (2, 80, 96) and conf.dtype == np.float32
+    raw = napari_refsr.upscale_nd(model, pages, ref, spatial_axes=(1, 2), channel_axis=3, tile=64, device="cpu")
+    np.testing.assert_allclose(conf, raw.confidence, atol=1e-6)  # TIFF keeps the raw S
+    assert conf.max() <= 1.0
 
 
 def test_help_does_not_import_torch(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_stack_axis_names_survive_a_round_trip(tmp_path):
 def test_tiff_planar_samples_are_moved_last(tmp_path):
     planar = _rand((3, 20, 24), np.uint16)
     tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
-    back, meta = imageio.read_image_with_meta(tmp_path / "planar.tif")
+    with pytest.warns(UserWarning, match="separate colour planes"):  # read as colour, and it says so
+        back, meta = imageio.read_image_with_meta(tmp_path / "planar.tif")
     assert back.shape == (20, 24, 3) and meta["axes"] == "YXS"
     np.testing.assert_array_equal(back, np.moveaxis(planar, 0, -1))
 
@@ -284,3 +286,24 @@ def test_read_errors_name_the_file(tmp_path):
         message = str(info.value)
         assert name in message and words in message, message
         assert "\n" not in message
+
+
+def test_three_plane_tiff_tagged_rgb_says_it_is_read_as_colour(tmp_path):
+    planes = _rand((3, 10, 12), np.uint8)
+    # what tifffile.imwrite(path, planes) does with its defaults (explicit: the defaults may change)
+    tifffile.imwrite(tmp_path / "planes.tif", planes, photometric="rgb", planarconfig="separate")
+    with pytest.warns(UserWarning, match=r"tagged RGB with separate colour planes.*photometric='minisblack'"):
+        arr, meta = imageio.read_image_with_meta(tmp_path / "planes.tif")
+    assert arr.shape == (10, 12, 3) and meta["has_channels"] and not meta["is_stack"]
+    np.testing.assert_array_equal(np.moveaxis(arr, -1, 0), planes)
+    # saved as grey planes it is a 3-slice stack, without a warning
+    tifffile.imwrite(tmp_path / "stack.tif", planes, photometric="minisblack")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arr, meta = imageio.read_image_with_meta(tmp_path / "stack.tif")
+    assert arr.shape == (3, 10, 12) and meta["is_stack"] and not meta["has_channels"]
+    # an interleaved RGB TIFF is plainly colour: no warning either
+    tifffile.imwrite(tmp_path / "rgb.tif", np.moveaxis(planes, 0, -1), photometric="rgb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert imageio.read_image(tmp_path / "rgb.tif").shape == (10, 12, 3)

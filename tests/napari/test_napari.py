@@ -6,6 +6,7 @@ Deselect with ``-m "not gui"`` for core-only runs.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from pathlib import Path
@@ -17,13 +18,12 @@ napari = pytest.importorskip("napari")
 torch = pytest.importorskip("torch")
 
 from napari.layers import Image, Labels  # noqa: E402
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
 import napari_refsr  # noqa: E402
 from napari_refsr import weights  # noqa: E402
-from napari_refsr._napari import _sample_data, _widget  # noqa: E402
+from napari_refsr._napari import _large, _sample_data, _widget  # noqa: E402
 from napari_refsr._napari._convert import placement  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -53,21 +53,6 @@ def tiny_checkpoint(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def errors():
-    """Error notifications shown while the test runs."""
-    seen = []
-
-    def keep(event):
-        note = event.value if hasattr(event, "value") else event
-        if str(getattr(note, "severity", "")).lower().endswith("error"):
-            seen.append(str(note.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
-
-
 def _widget_for(viewer):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     assert isinstance(widget, _widget.RefSRWidget)
@@ -87,6 +72,23 @@ def _setup(widget, lr, refs, checkpoint, monkeypatch):
 
 def _wait_idle(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def _hold_after_first_step(widget, message: str | None = None):
+    """Hold the worker right after its first step (or the step reported with ``message``) until
+    ``go`` is set, so a test can click Cancel with no race. Returns (that step done, go, the steps
+    seen: (done, total), or (done, total, message) when ``message`` is given)."""
+    first, go, seen = threading.Event(), threading.Event(), []
+
+    def in_worker(done, total, text):
+        if total:
+            seen.append((done, total) if message is None else (done, total, text))
+            if (done == 1) if message is None else (text == message):
+                first.set()
+                go.wait(30)
+
+    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    return first, go, seen
 
 
 def _footprint(layer, corner_lo, corner_hi):
@@ -151,6 +153,8 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     widget.add_confidence.value = True
     widget.add_source.value = True
     n_before = len(viewer.layers)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari ≥ 0.9: scene.camera
+    camera.center, camera.zoom = (0.0, 500.0, 500.0), 0.05  # far away, zoomed out
 
     widget.run_button.clicked()
     assert widget.running
@@ -159,7 +163,7 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     # the whole job's steps: encoding the reference, then per slice one search step and one tile
     assert widget.progress.value == widget.progress.max == 1 + 3 * 2
 
-    out = viewer.layers["stack ×4 (RefSR)"]
+    out = viewer.layers["stack ×4"]
     assert out.data.shape == (3, 96, 96) and out.data.dtype == np.uint16
     np.testing.assert_allclose(out.scale, [2.0, 0.125, 0.0625])
     np.testing.assert_allclose(out.translate, [1.0, 10.0 - 0.25 + 0.0625, -3.0 - 0.125 + 0.03125])
@@ -177,17 +181,17 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert out.colormap.name == "green"
     assert len(np.unique(out.data)) > 100  # a real image, not a constant
 
-    conf = viewer.layers["stack ×4 confidence (RefSR)"]
+    conf = viewer.layers["stack ×4 confidence"]
     assert conf.data.shape == (3, 96, 96) and conf.data.dtype == np.float32
     np.testing.assert_allclose(conf.scale, out.scale)
     np.testing.assert_allclose(conf.translate, out.translate)
-    src = viewer.layers["stack source reference (RefSR)"]
+    src = viewer.layers["stack source reference"]
     assert isinstance(src, Labels) and src.data.shape == (3, 24, 24)
     assert set(np.unique(src.data)) == {1}  # every texture came from reference 1
     np.testing.assert_allclose(src.scale, lr.scale)
     np.testing.assert_allclose(src.translate, lr.translate)
-    rows = viewer.layers["stack source row (RefSR)"].data
-    cols = viewer.layers["stack source column (RefSR)"].data
+    rows = viewer.layers["stack source row"].data
+    cols = viewer.layers["stack source column"].data
     assert rows.shape == cols.shape == (3, 24, 24)
     assert 0 <= rows.min() and rows.max() < 24 and 0 <= cols.min() and cols.max() < 28
     assert len(viewer.layers) == n_before + 5
@@ -195,6 +199,79 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert out in offered and conf not in offered  # maps are not offered as inputs
     assert viewer.layers.selection.active is out
     assert widget.run_button.enabled and not widget.cancel_button.enabled
+    # the view is fitted to the result
+    lo, hi = out.extent.world[:, -2:]
+    np.testing.assert_allclose(camera.center[-2:], (lo + hi) / 2, atol=1e-6)
+    assert float(np.max(hi - lo)) * camera.zoom > 200  # the 12-unit result fills the canvas
+    # napari's layer list elides long names in the middle: the ends still tell the results apart
+    from qtpy.QtGui import QFontMetrics
+    from qtpy.QtWidgets import QApplication
+
+    metrics = QFontMetrics(QApplication.font())
+    results = [layer.name for layer in viewer.layers][n_before:]
+    narrow = metrics.horizontalAdvance("stack ×4 confid")
+    elided = {metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, narrow) for name in results}
+    assert len(elided) == len(results) == 5, elided
+
+
+def test_dock_keeps_its_width_with_long_texts(make_napari_viewer, qtbot, tiny_checkpoint):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((24, 24), np.uint8), name="a layer with a rather long name " * 3)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+
+    def settled_width():
+        for _ in range(5):
+            QApplication.processEvents()
+        return dock.width()
+
+    before, hint = settled_width(), widget.native.minimumSizeHint().width()
+    widget._set_status("error: " + "a reference with other channels than the image, and more words " * 5)
+    widget.select_checkpoint(Path("/a/very/long/folder") / ("sub" * 40) / tiny_checkpoint.name)
+    assert settled_width() <= before + 2 and widget.native.minimumSizeHint().width() <= hint + 2
+    assert widget.status.native.wordWrap()  # the message wraps instead (all of it stays readable)
+
+
+def test_axis_choices_are_valid_and_named_in_user_terms(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                        monkeypatch, errors):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(np.zeros((5, 40, 300), np.uint16), name="zyx", axis_labels=("z", "y", "x"))
+    ref = viewer.add_image(np.zeros((40, 40), np.uint16), name="ref")
+    widget = _widget_for(viewer)
+    _setup(widget, stack, [ref], tiny_checkpoint, monkeypatch)
+    # a 5-plane Z axis is offered neither as Y/X (too short) nor as channels (not 3 or 4 planes)
+    assert widget.y_axis.choices == (1, 2) and widget.x_axis.choices == (2,)
+    assert widget.channel_axis.choices == (_widget.NO_CHANNEL,)
+    assert widget.y_axis.native.itemText(0) == "y (axis 1, 40 px)"
+    widget.y_axis.value = 2  # choosing X's axis as Y swaps them
+    assert (widget.y_axis.value, widget.x_axis.value) == (2, 1)
+
+    cyxc = viewer.add_image(np.zeros((3, 20, 24, 4), np.uint8), name="cyxc")
+    widget.image.value = cyxc
+    assert (widget.y_axis.value, widget.x_axis.value) == (1, 2)
+    assert widget.channel_axis.choices == (_widget.NO_CHANNEL, 0, 3)
+
+    tiny = viewer.add_image(np.zeros((10, 12), np.uint8), name="tiny")
+    widget.image.value = tiny
+    dims_before = viewer.dims.range
+    widget.run_button.clicked()  # refused at once, in the user's terms, without a worker
+    assert not widget.running and viewer.dims.range == dims_before
+    assert "no two axes of at least 16 pixels" in errors[-1] and "axis 0 (10 px)" in errors[-1]
+
+
+def test_axis_check_messages():
+    from napari_refsr._napari._axes import check_axes
+
+    labels = ("z", "y", "x")
+    check_axes((5, 40, 300), labels, 1, 2, None, "s")
+    cases = [((1, 1, None), "Y and X must be different axes (both are y (axis 1, 40 px))"),
+             ((0, 2, None), "the Y axis, z (axis 0, 5 px), has only 5 pixels"),
+             ((1, 2, 0), "the channel axis, z (axis 0, 5 px), has 5 planes"),
+             ((1, 2, 2), "x (axis 2, 300 px) cannot be the channel axis and a spatial axis")]
+    for (y, x, c), message in cases:
+        with pytest.raises(napari_refsr.RefSRError, match=re.escape(message)):
+            check_axes((5, 40, 300), labels, y, x, c, "s")
 
 
 def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
@@ -205,17 +282,8 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     widget = _widget_for(viewer)
     _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
 
-    # Hold the worker right after the first slice's tile until Cancel has been clicked (no race).
-    first_tile, go, seen = threading.Event(), threading.Event(), []
-
-    def in_worker(done, total, message):
-        if total:
-            seen.append((done, total, message))
-            if message == "running tiles: 1 of 1":
-                first_tile.set()
-                go.wait(30)
-
-    widget.relay.progress.connect(in_worker, Qt.ConnectionType.DirectConnection)
+    # hold the worker right after the first slice's tile until Cancel has been clicked (no race)
+    first_tile, go, seen = _hold_after_first_step(widget, "running tiles: 1 of 1")
     n_before = len(viewer.layers)
     widget.run_button.clicked()
     qtbot.waitUntil(first_tile.is_set, timeout=120_000)
@@ -268,7 +336,7 @@ def test_rgb_layer_keeps_colour_and_placement(make_napari_viewer, qtbot, tiny_ch
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["rgb ×4 (RefSR)"]
+    out = viewer.layers["rgb ×4"]
     assert out.rgb and out.data.shape == (64, 80, 3) and out.data.dtype == np.uint8
     # with a rotation the corners of the pixel grid still coincide in the world
     for corner in ((-0.5, -0.5), (15.5, 19.5), (-0.5, 19.5), (15.5, -0.5)):
@@ -292,14 +360,14 @@ def test_chosen_axes_and_channel_axis(make_napari_viewer, qtbot, tiny_checkpoint
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["ycx ×4 (RefSR)"]
+    out = viewer.layers["ycx ×4"]
     assert out.data.shape == (64, 3, 80) and out.data.dtype == np.uint8
     np.testing.assert_allclose(out.scale, [0.125, 1.0, 0.0625])
     np.testing.assert_allclose(out.translate, [-0.25 + 0.0625, 0.0, -0.125 + 0.03125])
-    conf = viewer.layers["ycx ×4 confidence (RefSR)"]  # no channel axis
+    conf = viewer.layers["ycx ×4 confidence"]  # no channel axis
     assert conf.data.shape == (64, 80) and tuple(conf.axis_labels) == ("y", "x")
     np.testing.assert_allclose(conf.scale, [0.125, 0.0625])
-    src = viewer.layers["ycx source reference (RefSR)"]
+    src = viewer.layers["ycx source reference"]
     assert src.data.shape == (16, 20)
     np.testing.assert_allclose(src.scale, [0.5, 0.25])
 
@@ -332,7 +400,7 @@ def test_widget_runs_an_srntt_export(make_napari_viewer, qtbot, tmp_path, monkey
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["astro ×4 (RefSR)"]
+    out = viewer.layers["astro ×4"]
     assert out.rgb and out.data.shape == (100, 80, 3) and out.data.dtype == np.uint8
     model = rs.load_model(export, device="cpu", cache=False)
     assert model.arch == "srntt" and out.metadata["refsr"]["model"] == model.name
@@ -341,7 +409,7 @@ def test_widget_runs_an_srntt_export(make_napari_viewer, qtbot, tmp_path, monkey
     bilinear = np.asarray(torch.nn.functional.interpolate(
         torch.from_numpy(lr_data).permute(2, 0, 1)[None].float(), scale_factor=4, mode="bilinear")[0].permute(1, 2, 0))
     assert np.abs(out.data.astype(float) - bilinear).mean() > 1.0  # the texture branch contributes
-    conf = viewer.layers["astro ×4 confidence (RefSR)"]
+    conf = viewer.layers["astro ×4 confidence"]
     assert conf.data.shape == (100, 80) and 0 <= conf.data.min() and conf.data.max() <= 1 + 1e-4
 
 
@@ -402,7 +470,7 @@ def test_shipped_default_model_runs_offline(make_napari_viewer, qtbot, monkeypat
     widget.run_button.clicked()
     _wait_idle(qtbot, widget)
     assert errors == []
-    out = viewer.layers["lr ×4 (RefSR)"].data
+    out = viewer.layers["lr ×4"].data
     bicubic = resize_uint8(lr.data, (192, 192))
     assert out.shape == original.shape and out.dtype == np.uint8
     gain = peak_signal_noise_ratio(original, out) - peak_signal_noise_ratio(original, bicubic)
@@ -456,3 +524,97 @@ def test_placement_matches_pixel_footprints():
         fine = tuple(4 * c + 1.5 for c in point)
         np.testing.assert_allclose(out.data_to_world(fine), layer.data_to_world(point), atol=1e-9)
     assert _sample_data.downscale(np.full((8, 8), 200, np.uint8)).tolist() == [[200, 200], [200, 200]]
+
+
+# --------------------------------------------------------------------------- out of core (dask, multiscale)
+
+
+def test_dask_layer_runs_out_of_core_into_a_lazy_multiscale_layer(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                                  monkeypatch, errors, tmp_path):
+    da = pytest.importorskip("dask.array")
+    pytest.importorskip("ome_zarr")
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(5)
+    image = (rng.random((77, 80)) * 50000 + 1000).astype(np.uint16)
+    lr = viewer.add_image(da.from_array(image, chunks=(32, 32)), name="big", scale=(0.5, 0.25),
+                          translate=(10.0, -3.0), contrast_limits=(1000, 40000))
+    ref = viewer.add_image((rng.random((32, 36)) * 60000).astype(np.uint16), name="ref")
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    monkeypatch.setattr(_large, "CHUNK", 40)  # 2×2 chunks (40 + 37 by 40 + 40 LR pixels; halo 37)
+    store = tmp_path / "result.ome.zarr"
+    widget.store.value = str(store)
+    seen = []
+    widget.relay.progress.connect(lambda d, t, m: seen.append((d, t, m)), Qt.ConnectionType.DirectConnection)
+
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    assert (4, 4, "chunk 4 of 4") in seen
+    out = viewer.layers["big ×4"]
+    assert out.multiscale and store.is_dir() and str(store) in widget.status.value
+    assert [tuple(level.shape) for level in out.data] == [(308, 320), (154, 160)]
+    assert type(out.data[0]).__module__.startswith("dask")  # lazy: read from the store when shown
+    expected = napari_refsr.upscale_nd(napari_refsr.load_model(tiny_checkpoint, device="cpu"), image,
+                                       np.asarray(ref.data), tile=32).image
+    np.testing.assert_array_equal(np.asarray(out.data[0]), expected)
+    assert _store_scale(store) == pytest.approx([0.125, 0.0625])  # the store keeps the pixel size ÷ 4
+    lo_in, hi_in = _footprint(lr, (-0.5, -0.5), (76.5, 79.5))
+    lo_out, hi_out = _footprint(out, (-0.5, -0.5), (307.5, 319.5))
+    np.testing.assert_allclose(lo_out, lo_in, atol=1e-9)
+    np.testing.assert_allclose(hi_out, hi_in, atol=1e-9)
+
+
+def _store_scale(store):
+    """Level 0's pixel size in an OME-Zarr store."""
+    from napari_refsr import large
+
+    return large.open_levels(store)[2][0]
+
+
+def test_multiscale_layer_cancel_between_chunks_leaves_no_store(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                                monkeypatch, errors, tmp_path):
+    pytest.importorskip("ome_zarr")
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(6)
+    base = (rng.random((77, 80, 3)) * 255).astype(np.uint8)
+    lr = viewer.add_image([base, base[::2, ::2]], name="pyramid", rgb=True, multiscale=True)
+    ref = viewer.add_image((rng.random((32, 36, 3)) * 255).astype(np.uint8), name="ref", rgb=True)
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    monkeypatch.setattr(_large, "CHUNK", 40)
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(folder))  # the store it names goes here
+    first, go, seen = _hold_after_first_step(widget)
+    n_before = len(viewer.layers)
+    widget.run_button.clicked()
+    qtbot.waitUntil(first.is_set, timeout=300_000)
+    widget.cancel_button.clicked()
+    go.set()
+    _wait_idle(qtbot, widget)
+    assert seen == [(1, 4)] and widget.status.value == "cancelled" and errors == []
+    assert len(viewer.layers) == n_before
+    assert list(folder.iterdir()) == []  # neither the named store nor its temporary parts
+
+
+def test_reader_opens_an_ome_zarr_lazily(make_napari_viewer, tmp_path):
+    da = pytest.importorskip("dask.array")
+    pytest.importorskip("ome_zarr")
+    from napari_refsr import large
+
+    rgb = (np.random.default_rng(7).random((3, 300, 260)) * 255).astype(np.uint8)
+    large.write_ome_zarr(da.from_array(rgb, chunks=(3, 128, 128)), tmp_path / "rgb.ome.zarr", "CYX",
+                         scale={"Y": 0.5, "X": 0.25}, units={"Y": "micrometer", "X": "micrometer"})
+    gray = da.from_array(rgb[:2], chunks=(1, 128, 128))
+    large.write_ome_zarr(gray, tmp_path / "zstack.ome.zarr", "ZYX", scale={"Z": 2.0, "Y": 0.5, "X": 0.5})
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "rgb.ome.zarr"), plugin=PLUGIN)
+    assert layer.multiscale and layer.rgb and [tuple(s) for s in layer.data.shapes] == [(300, 260, 3), (150, 130, 3)]
+    assert type(layer.data[0]).__module__.startswith("dask")  # nothing read until shown
+    np.testing.assert_allclose(layer.scale, [0.5, 0.25])
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), np.moveaxis(rgb, 0, -1))
+    [stack] = viewer.open(str(tmp_path / "zstack.ome.zarr"), plugin=PLUGIN)
+    assert stack.multiscale and not stack.rgb and stack.data.shape == (2, 300, 260)
+    np.testing.assert_allclose(stack.scale, [2.0, 0.5, 0.5])
+    assert tuple(stack.axis_labels) == ("z", "y", "x")

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from napari_refsr.resize import resize_bicubic
 
-__all__ = ["SCALE", "gaussian_blur", "Degradation"]
+__all__ = ["SCALE", "draw", "gaussian_blur", "Degradation"]
 
 SCALE = 4
 
 
-def _draw(value, rng: np.random.Generator) -> float:
+def draw(value, rng: np.random.Generator) -> float:
     """A number, or a [low, high] range drawn uniformly."""
     if isinstance(value, (list, tuple)):
         lo, hi = float(value[0]), float(value[1])
@@ -56,9 +56,9 @@ class Degradation:
     def __call__(self, hr: torch.Tensor, quantize: bool, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(LR, LR↑) in 0..255 units from an HR image (3, H, W) in 0..255 units."""
         h, w = hr.shape[-2:]
-        src = gaussian_blur(hr, _draw(self.blur, rng))
+        src = gaussian_blur(hr, draw(self.blur, rng))
         lr = resize_bicubic(src, (h // SCALE, w // SCALE), quantize=quantize)
-        std = _draw(self.noise, rng)
+        std = draw(self.noise, rng)
         if std > 0:
             noise = torch.from_numpy(rng.standard_normal(lr.shape).astype(np.float32)) * (std * 255.0)
             lr = lr + noise

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_refsr.errors import RefSRError
@@ -16,6 +17,7 @@ from napari_refsr.resize import down_up, resize_bicubic
 
 from .degrade import SCALE
 from .files import ImageFile
+from .references import ReferenceMix, photometric, warp
 from .trainsets import pair_key, paired_images
 
 __all__ = ["EvalItem", "eval_items", "cufed5_dir"]
@@ -30,6 +32,7 @@ class EvalItem:
     refs: list[torch.Tensor]  # each (3, h, w)
     quantize: bool  # 8-bit data: LR/SR rounded to 8 bits, as the protocol does
     gray: bool  # grayscale data: metrics on one channel
+    covered: torch.Tensor | None = None  # (H, W) bool: HR pixels whose content the reference holds
 
     def inputs(self) -> dict[str, object]:
         """Network inputs with a batch axis, in [-1, 1]: lr, lr_up, hr and the lists ref, ref_down_up
@@ -68,18 +71,53 @@ def cufed5_dir(root: Path) -> Path | None:
     return None
 
 
+# The overlapping evaluation reference of a 2D image: its held-out half seen again, shifted by a
+# quarter of its length, 10 % larger, re-exposed and noisy (fixed, so tables compare).
+EVAL_VIEW = ReferenceMix(overlap=1.0, similar=0.0, unrelated=0.0, scale=[1.1, 1.1], rotate=0.0,
+                         gamma=[0.85, 0.85], gain=[1.05, 1.05], offset=[0.02, 0.02], colour=0.0,
+                         blur=[0.0, 0.0], noise=[0.01, 0.01])
+EVAL_REFERENCES = ("similar", "overlap", "unrelated")
+
+
+def _eval_overlap(full: torch.Tensor, vertical: bool, half: int, quantize: bool, gray: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The overlapping reference of the held-out half ``full[..., :half]`` (along the long axis)
+    and the mask of the half's pixels it shows."""
+    h, w = full.shape[-2:]
+    shift = half // 4
+    src_h, src_w = (half, w) if vertical else (h, half)
+    cy, cx = (shift + half / 2, w / 2) if vertical else (h / 2, shift + half / 2)
+    scale = float(EVAL_VIEW.scale[0])
+    size = (int(src_h * scale) // SCALE * SCALE, int(src_w * scale) // SCALE * SCALE)
+    view = warp(lambda y, x, hh, ww: full[:, y : y + hh, x : x + ww], h, w, (cy, cx), scale, 0.0, size)
+    ref = photometric(view, EVAL_VIEW, np.random.default_rng(0), gray=gray, quantize=quantize)
+    covered = torch.zeros((half, w) if vertical else (h, half), dtype=torch.bool)
+    if vertical:
+        covered[shift:] = True
+    else:
+        covered[:, shift:] = True
+    return ref, covered
+
+
 def eval_items(root: str | Path, *, level: int | str = 1, ref_dir: str | Path | None = None,
                crop: int | None = None, max_images: int | None = None,
-               percentiles=DEFAULT_PERCENTILES) -> list[EvalItem]:
+               percentiles=DEFAULT_PERCENTILES, reference: str = "similar") -> list[EvalItem]:
     """Evaluation images of a CUFED5 folder (``XXX_0`` with reference level 1..5 or ``"all"``
     five stacked) or of a plain folder (paired ``ref_dir`` or automatic reference: the next
     slice of a stack's middle slice; for a 2D image the first half along its long side is the
-    HR and the second half the reference)."""
+    HR and ``reference`` says what the reference is: ``similar`` — the second half, ``overlap``
+    — a view of the first half shifted by a quarter (:data:`EVAL_VIEW`), ``unrelated`` — the
+    second half of the next image of the folder)."""
+    if reference not in EVAL_REFERENCES:
+        raise RefSRError(f"evaluation reference must be one of {', '.join(EVAL_REFERENCES)}, got {reference!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise RefSRError(f"evaluation folder not found: {root}")
     cufed = cufed5_dir(root) if ref_dir is None else None
     items: list[EvalItem] = []
+    if cufed is not None and reference != "similar":
+        raise RefSRError(f"CUFED5 folders bring their own references (levels 1..5); {reference!r} "
+                         "references are made for plain folders of images")
     if cufed is not None:
         hr_files = sorted(p for p in cufed.iterdir() if p.suffix.lower() in SUFFIXES and _CUFED5_HR.match(p.stem))
         levels = [1, 2, 3, 4, 5] if str(level) == "all" else [int(level)]
@@ -101,6 +139,7 @@ def eval_items(root: str | Path, *, level: int | str = 1, ref_dir: str | Path | 
     for p in files[: max_images or None]:
         img = ImageFile(p, percentiles)
         ref_path = find_ref(p)
+        covered = None
         if ref_path is not None:
             rf = ImageFile(ref_path, percentiles)
             frame = img.n_frames // 2
@@ -113,15 +152,25 @@ def eval_items(root: str | Path, *, level: int | str = 1, ref_dir: str | Path | 
             ref = img.region(nb, 0, 0, img.height, img.width)
         else:
             full = img.region(0, 0, 0, img.height, img.width)
-            if img.height > img.width:
-                half = img.height // 2
-                hr, ref = full[:, :half], full[:, half:]
-            else:
-                half = img.width // 2
-                hr, ref = full[:, :, :half], full[:, :, half:]
+            vertical = img.height > img.width
+            half = (img.height if vertical else img.width) // 2
+            hr, ref = (full[:, :half], full[:, half:]) if vertical else (full[:, :, :half], full[:, :, half:])
+            if reference == "overlap":
+                ref, covered = _eval_overlap(full, vertical, half, img.quantize, img.gray)
+        if reference == "overlap" and covered is None:
+            raise RefSRError(f"an overlapping evaluation reference is made for 2D images only; {p} is a "
+                             "stack or has a paired reference")
         hr, ref = _crop4(hr, crop), _crop4(ref, crop)
+        if covered is not None:
+            covered = _crop4(covered[None], crop)[0]
         if min(hr.shape[-2:]) < 4 * SCALE or min(ref.shape[-2:]) < 4 * SCALE:
             raise RefSRError(f"evaluation image {p} is too small (HR {tuple(hr.shape[-2:])}, reference "
                              f"{tuple(ref.shape[-2:])}; both need at least {4 * SCALE} px)")
-        items.append(EvalItem(pair_key(p, root), hr, [ref], img.quantize, img.gray))
+        items.append(EvalItem(pair_key(p, root), hr, [ref], img.quantize, img.gray, covered))
+    if reference == "unrelated":  # each image with the next one's reference
+        if len(items) < 2:
+            raise RefSRError(f"an unrelated evaluation reference needs at least two images in {root}")
+        refs = [it.refs for it in items]
+        for i, it in enumerate(items):
+            it.refs = refs[(i + 1) % len(items)]
     return items

@@ -5,9 +5,10 @@ Layouts:
 * **CUFED** (the paper's): ``train/input/*.png`` with the same-named ``train/ref/*.png``; test
   ``CUFED5/XXX_0.png`` with references ``XXX_1.png`` … ``XXX_5.png`` (similarity levels).
 * **A plain folder** of high-resolution images (PNG/JPEG/TIFF, 8/16-bit or float, grayscale or
-  RGB, 2D or Z/T stacks). The reference of each crop is chosen automatically: a neighbouring
-  slice/frame at the same place for stacks, another non-overlapping crop of the same image for
-  2D images, or the same-named file of a paired ``ref_dir`` when given.
+  RGB, 2D or Z/T stacks). The reference of each crop is the same-named file of a paired
+  ``ref_dir`` when given, else drawn from a mixture (:mod:`.references`): an overlapping,
+  re-exposed view of the crop's scene, a similar texture (another region, or the neighbouring
+  slice/frame at the same place for stacks) or a region of another image.
 
 LR is made like the reference code does: PIL-exact bicubic ×1/4 of the HR crop (rounded to 8 bits
 for 8-bit images), optionally after a Gaussian blur and with Gaussian noise added to match real
@@ -33,19 +34,27 @@ from napari_refsr.resize import down_up
 
 from .degrade import SCALE, Degradation
 from .files import ImageFile, list_images
+from .references import ReferenceMix, overlapping_view
 
 __all__ = ["CUFEDTrainSet", "FolderTrainSet", "build_train_set", "paired_images", "pair_key"]
 
 
-def _augment(x: torch.Tensor, rng: np.random.Generator, flip: bool, rot90: bool) -> torch.Tensor:
-    if flip and rng.integers(2):
+def _augment_params(rng: np.random.Generator, flip: bool, rot90: bool) -> tuple[bool, bool, int]:
+    """Random horizontal/vertical flips and quarter turns (drawn in this order)."""
+    fx = bool(flip and rng.integers(2))
+    fy = bool(flip and rng.integers(2))
+    k = int(rng.integers(4)) if rot90 else 0
+    return fx, fy, k
+
+
+def _augment(x: torch.Tensor, params: tuple[bool, bool, int]) -> torch.Tensor:
+    fx, fy, k = params
+    if fx:
         x = x.flip(-1)
-    if flip and rng.integers(2):
+    if fy:
         x = x.flip(-2)
-    if rot90:
-        k = int(rng.integers(4))
-        if k:
-            x = torch.rot90(x, k, dims=(-2, -1))
+    if k:
+        x = torch.rot90(x, k, dims=(-2, -1))
     return x.contiguous()
 
 
@@ -63,6 +72,7 @@ class _TrainBase(Dataset):
         if crop % SCALE or crop < 8 * SCALE:
             raise RefSRError(f"crop must be a multiple of {SCALE} and >= {8 * SCALE}, got {crop}")
         self.crop = crop
+        self.ref_pad = crop  # references are zero-padded to this side for batching
         self.degradation = degradation or Degradation()
         self.flip, self.rot90 = flip, rot90
         self.seed = int(seed)
@@ -74,15 +84,19 @@ class _TrainBase(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
-    def _sample(self, hr: torch.Tensor, ref: torch.Tensor, quantize: bool, rng) -> dict[str, torch.Tensor]:
-        hr = _augment(hr, rng, self.flip, self.rot90)
-        ref = _augment(ref, rng, self.flip, self.rot90)
+    def _sample(self, hr: torch.Tensor, ref: torch.Tensor, quantize: bool, rng, *,
+                joint: bool = False) -> dict[str, torch.Tensor]:
+        """``joint``: the reference is a view of the crop's own scene and gets the crop's flips and
+        quarter turns (an independent quarter turn would hide the match from the 3×3 search)."""
+        params = _augment_params(rng, self.flip, self.rot90)
+        hr = _augment(hr, params)
+        ref = _augment(ref, params if joint else _augment_params(rng, self.flip, self.rot90))
         rh, rw = ref.shape[-2] // SCALE * SCALE, ref.shape[-1] // SCALE * SCALE
         ref = ref[:, :rh, :rw]
         lr, lr_up = self.degradation(hr, quantize, rng)
         ref_du = down_up(ref, SCALE, quantize=quantize)
         out = {"lr": lr, "lr_up": lr_up, "hr": hr,
-               "ref": _pad_to(ref, self.crop), "ref_down_up": _pad_to(ref_du, self.crop)}
+               "ref": _pad_to(ref, self.ref_pad), "ref_down_up": _pad_to(ref_du, self.ref_pad)}
         return {k: to_net(v).float().contiguous() for k, v in out.items()}
 
 
@@ -147,17 +161,26 @@ class CUFEDTrainSet(_TrainBase):
 class FolderTrainSet(_TrainBase):
     """Random crops of a folder of HR images, each with an automatic reference (see module doc).
 
+    Without a paired ``ref_dir`` each sample's reference is drawn from ``references``
+    (:class:`training.data.references.ReferenceMix`): an overlapping view of the same image (of a
+    neighbouring frame for stacks), a similar texture (a non-overlapping region of a 2D image;
+    the neighbouring frame at the same place for stacks) or a region of another image.
     An epoch visits about every crop-sized area once: each frame counts ⌊H·W / crop²⌋ samples.
-    Images too small for a crop (or, for single 2D images, for a crop plus a ``min_ref``-wide
-    non-overlapping reference) are skipped with a warning; a folder with none usable is an error.
+    Images too small for a crop (or, when similar references are drawn, single 2D images too
+    small for a crop plus a ``min_ref``-wide non-overlapping reference) are skipped with a
+    warning; a folder with none usable is an error.
     """
 
     def __init__(self, root: str | Path, *, ref_dir: str | Path | None = None, min_ref: int = 32,
-                 percentiles=DEFAULT_PERCENTILES, **kwargs):
+                 percentiles=DEFAULT_PERCENTILES, references: ReferenceMix | None = None, **kwargs):
         super().__init__(**kwargs)
         root = Path(root).expanduser()
         files, find_ref = paired_images(root, ref_dir, "training folder")
         self.min_ref = max(4 * SCALE, int(min_ref) // SCALE * SCALE)
+        self.references = references or ReferenceMix()
+        mix = self.references
+        if ref_dir is None and (mix.overlap > 0 or mix.unrelated > 0):
+            self.ref_pad = max(self.crop, mix.side(self.crop))
         self.entries: list[tuple[ImageFile, ImageFile | None]] = []
         skipped = []
         c = self.crop
@@ -168,7 +191,8 @@ class FolderTrainSet(_TrainBase):
             if min(img.height, img.width) < c:
                 skipped.append(f"{p.name}: {img.height}×{img.width} is smaller than the {c}px crop")
                 continue
-            if ref is None and img.n_frames == 1 and max(img.height, img.width) < c + self.min_ref:
+            if (ref is None and mix.similar > 0 and img.n_frames == 1
+                    and max(img.height, img.width) < c + self.min_ref):
                 skipped.append(f"{p.name}: a 2D image needs one side >= crop + min_ref = "
                                f"{c + self.min_ref}px for a non-overlapping reference")
                 continue
@@ -206,15 +230,39 @@ class FolderTrainSet(_TrainBase):
                 rh, rw = min(c, ref_file.height), min(c, ref_file.width)
                 ry, rx = int(rng.integers(ref_file.height - rh + 1)), int(rng.integers(ref_file.width - rw + 1))
             ref = ref_file.region(rframe, ry, rx, rh, rw)
-        elif img.n_frames > 1:  # stack: the neighbouring slice/frame at the same place
-            y, x = int(rng.integers(img.height - c + 1)), int(rng.integers(img.width - c + 1))
+            return self._sample(img.region(frame, y, x, c, c), ref, img.quantize, rng)
+        kind = self.references.draw_kind(rng)
+        if kind == "unrelated" and len(self.entries) < 2:
+            kind = "similar"  # one image: nothing else to draw from
+        if kind == "similar" and img.n_frames == 1 and max(img.height, img.width) < c + self.min_ref:
+            kind = "overlap"  # no room for a non-overlapping region
+        neighbour = frame
+        if img.n_frames > 1:  # stacks: the reference comes from a neighbouring slice/frame
             options = [f for f in (frame - 1, frame + 1) if 0 <= f < img.n_frames]
-            ref = img.region(options[int(rng.integers(len(options)))], y, x, c, c)
-        else:  # single 2D image: a non-overlapping crop of the same image
+            neighbour = options[int(rng.integers(len(options)))]
+        if kind == "similar" and img.n_frames == 1:  # a non-overlapping crop of the same image
             y, x, ref_box = _split_crop(img.height, img.width, c, self.min_ref, rng)
             ref = img.region(0, *ref_box)
+        else:
+            y, x = int(rng.integers(img.height - c + 1)), int(rng.integers(img.width - c + 1))
+            if kind == "similar":  # stack: the neighbouring slice at the same place
+                ref = img.region(neighbour, y, x, c, c)
+            elif kind == "overlap":
+                ref = overlapping_view(lambda *box: img.region(neighbour, *box), img.height, img.width,
+                                       (y, x, c, c), self.ref_pad, self.references, rng,
+                                       gray=img.gray, quantize=img.quantize)
+            else:
+                ref = self._unrelated(e, rng)
         hr = img.region(frame, y, x, c, c)
-        return self._sample(hr, ref, img.quantize, rng)
+        return self._sample(hr, ref, img.quantize, rng, joint=kind == "overlap")
+
+    def _unrelated(self, entry: int, rng: np.random.Generator) -> torch.Tensor:
+        """A region (up to the reference side) of another training image."""
+        other = int(rng.integers(len(self.entries) - 1))
+        other_img = self.entries[other + (other >= entry)][0]
+        rh, rw = min(self.ref_pad, other_img.height), min(self.ref_pad, other_img.width)
+        ry, rx = int(rng.integers(other_img.height - rh + 1)), int(rng.integers(other_img.width - rw + 1))
+        return other_img.region(int(rng.integers(other_img.n_frames)), ry, rx, rh, rw)
 
 
 def paired_images(root: Path, ref_dir, what: str):
@@ -279,4 +327,5 @@ def build_train_set(data_cfg: dict, *, seed: int = 0) -> _TrainBase:
     layout = data_cfg.get("layout", "auto")
     if layout == "cufed" or (layout == "auto" and _cufed_train_dirs(root) is not None and not data_cfg.get("ref_dir")):
         return CUFEDTrainSet(root, **common)
-    return FolderTrainSet(root, ref_dir=data_cfg.get("ref_dir"), min_ref=int(data_cfg["min_ref"]), **common)
+    return FolderTrainSet(root, ref_dir=data_cfg.get("ref_dir"), min_ref=int(data_cfg["min_ref"]),
+                          references=ReferenceMix.from_config(data_cfg.get("reference")), **common)

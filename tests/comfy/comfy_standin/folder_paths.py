@@ -15,6 +15,7 @@ supported_pt_extensions: set[str] = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".s
 base_path = tempfile.mkdtemp(prefix="comfy-standin-")
 atexit.register(shutil.rmtree, base_path, True)
 models_dir = os.path.join(base_path, "models")
+input_directory = os.path.join(base_path, "input")
 
 # name -> (folders, allowed extensions); an empty set allows every file, as in ComfyUI
 folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {
@@ -72,3 +73,7 @@ def get_full_path_or_raise(folder_name: str, filename: str) -> str:
     if path is None:
         raise FileNotFoundError(f"Model in folder '{folder_name}' with filename '{filename}' not found.")
     return path
+
+
+def get_input_directory() -> str:
+    return input_directory

@@ -1,0 +1,159 @@
+"""Benchmark: peak memory and time of in-memory vs out-of-core upscaling for growing LR sizes.
+
+For each LR size (square, RGB uint8, a tiled TIFF made here from scikit-image's astronaut), runs the
+real CLI in its own process, twice:
+
+* in memory: ``refsr upscale LR.tif REF.png -o OUT.tif`` (the whole image and its ×4 result in RAM);
+* out of core: ``refsr upscale LR.tif REF.png -o OUT.ome.zarr`` (chunks with halos, threaded
+  scheduler, OME-Zarr with a pyramid).
+
+Peak RSS is the child's own high-water mark (``os.wait4`` rusage ``ru_maxrss``); time is wall
+clock and CPU seconds (user + system, all threads) of the child. The model is a tiny untrained TTSR (``--n-feats``, one residual block per stage) whose cost
+is dominated by the fixed VGG texture extractor; the reference is small (``--ref``) to keep the
+search short. Prints a markdown table; ``--skip-inmem-above N`` skips the in-memory run above N.
+
+``--writer OUT`` measures the writing side alone at full scale, without the network: a lazily made
+OUT×OUT RGB uint8 array (a cheap pattern per chunk) goes through the real
+``napari_refsr.large.write_ome_zarr`` (chunks stored, then the ome-zarr-py pyramid, renamed into
+place), in its own process, with peak RSS and time.
+
+    nice -n 19 python bench/large.py --sizes 512,1024,2048 --threads 1
+    nice -n 19 python bench/large.py --writer 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_inputs(folder: Path, size: int, ref_size: int, n_feats: int) -> tuple[Path, Path, Path]:
+    import tifffile
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    from napari_refsr.archs.ttsr import TTSR, TTSRConfig
+
+    ckpt = folder / "tiny.pt"
+    if not ckpt.exists():
+        torch.manual_seed(0)
+        torch.save(TTSR(TTSRConfig(n_feats=n_feats, num_res_blocks=(1, 1, 1, 1))).state_dict(), ckpt)
+    astro = data.astronaut()
+    ref = folder / "ref.png"
+    if not ref.exists():
+        Image.fromarray(astro[100:100 + 2 * ref_size:2, 150:150 + 2 * ref_size:2]).save(ref)
+    lr = folder / f"lr{size}.tif"
+    if not lr.exists():
+        small = np.asarray(Image.fromarray(astro).resize((256, 256), Image.BICUBIC))
+        reps = -(-size // 256)
+        tifffile.imwrite(lr, np.tile(small, (reps, reps, 1))[:size, :size], photometric="rgb", tile=(256, 256))
+    return ckpt, ref, lr
+
+
+def run_child(argv: list[str], log: Path, threads: int | None = None) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS in MiB, exit status) of one command in its own process,
+    with ``threads`` torch/OpenMP threads if given. (CPU time includes worker threads; on a shared
+    machine it is the steadier number.)"""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    cpu = usage.ru_utime + usage.ru_stime
+    return time.perf_counter() - start, cpu, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
+
+
+def _pattern(block_id=None, *, chunk: int) -> np.ndarray:
+    """A (3, chunk, chunk) uint8 block with some texture, different per block."""
+    yy, xx = np.mgrid[0:chunk, 0:chunk]
+    base = ((yy * 7 + xx * 3 + 31 * block_id[1] + 17 * block_id[2]) % 251).astype(np.uint8)
+    return np.stack([base, base[::-1], base[:, ::-1]])
+
+
+def writer_child(out: Path, size: int, chunk: int) -> None:
+    """The body of the --writer measurement (runs in its own process)."""
+    import dask.array as da
+
+    from napari_refsr.large import write_ome_zarr
+
+    n = size // chunk
+    image = da.map_blocks(_pattern, dtype=np.uint8, chunks=((3,), (chunk,) * n, (chunk,) * n), chunk=chunk)
+    write_ome_zarr(image, out, "CYX", scale={"Y": 0.25, "X": 0.25}, workers=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="512,1024,2048", help="LR sizes (pixels per side), comma-separated")
+    parser.add_argument("--ref", type=int, default=96, help="reference size (pixels per side)")
+    parser.add_argument("--n-feats", type=int, default=8)
+    parser.add_argument("--tile", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=None, help="dask threads (default: the CLI's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (OMP_NUM_THREADS; 1 avoids spinning on a shared machine)")
+    parser.add_argument("--skip-inmem-above", type=int, default=1 << 30)
+    parser.add_argument("--modes", default="inmem,ooc")
+    parser.add_argument("--folder", default=None, help="where inputs and outputs go (default: a temp dir)")
+    parser.add_argument("--writer", type=int, default=None, metavar="OUT", help="writer-only run at OUT² output")
+    parser.add_argument("--writer-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="refsr-bench-large-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.writer_child:
+        writer_child(folder / f"writer{args.writer_child}.ome.zarr", args.writer_child, 4 * args.chunk)
+        return
+    if args.writer:
+        out = folder / f"writer{args.writer}.ome.zarr"
+        argv = [sys.executable, __file__, "--writer-child", str(args.writer), "--folder", str(folder),
+                "--chunk", str(args.chunk)]
+        seconds, cpu, rss, status = run_child(argv, folder / f"writer{args.writer}.log")
+        gib = 3 * args.writer ** 2 / 2**30
+        print(f"| writer only | {args.writer}² RGB ({gib:.2f} GiB) | {seconds:.0f} s wall | {cpu:.0f} s CPU | "
+              f"peak RSS {rss:.0f} MiB | exit {status} |")
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        ckpt, ref, lr = make_inputs(folder, size, args.ref, args.n_feats)
+        for mode in args.modes.split(","):
+            if mode == "inmem" and size > args.skip_inmem_above:
+                rows.append((size, mode, None, None, None, "skipped"))
+                continue
+            out = folder / (f"out{size}.tif" if mode == "inmem" else f"out{size}.ome.zarr")
+            argv = [sys.executable, "-m", "napari_refsr", "upscale", str(lr), str(ref), "-o", str(out),
+                    "--model", str(ckpt), "--device", "cpu", "--tile", str(args.tile), "-q"]
+            if mode == "ooc":
+                argv += ["--chunk", str(args.chunk)] + (["--workers", str(args.workers)] if args.workers else [])
+            seconds, cpu, rss, status = run_child(argv, folder / f"{mode}{size}.log", args.threads)
+            note = "ok" if status == 0 else f"exit {status}: " + (folder / f"{mode}{size}.log").read_text()[-200:]
+            rows.append((size, mode, seconds, cpu, rss, note))
+            print(f"# {size}² {mode}: {seconds:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MiB, {note}",
+                  flush=True)
+            if out.is_dir():
+                shutil.rmtree(out)
+            elif out.exists():
+                out.unlink()
+    print()
+    print("| LR size | output | path | wall (s) | CPU (s) | peak RSS (MiB) | note |")
+    print("|---|---|---|---|---|---|---|")
+    for size, mode, seconds, cpu, rss, note in rows:
+        path = "in memory (TIFF)" if mode == "inmem" else "out of core (OME-Zarr)"
+        cells = ["–" if v is None else f"{v:.0f}" for v in (seconds, cpu, rss)]
+        print(f"| {size}² | {4 * size}² | {path} | " + " | ".join(cells) + f" | {note} |")
+
+
+if __name__ == "__main__":
+    main()
