@@ -35,6 +35,7 @@ from comfy_nodes.grayscale import split_batch  # noqa: E402
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
 from napari_refsr.errors import RefSRError, WeightsError  # noqa: E402
 from napari_refsr.resize import resize_bicubic  # noqa: E402
+from napari_refsr.tiling import plan_cells  # noqa: E402
 
 REFSR_DIR = Path(folder_paths.models_dir) / "refsr"
 DOWNLOADABLE = "ttsr-rec"  # a registry model that is downloaded (the default ships in the package)
@@ -406,10 +407,12 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monke
 def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):
     """The server's progress hook raises InterruptProcessingException when the user cancels."""
     events = []
+    cells = len(plan_cells(36, 16, 32, napari_refsr.DEFAULT_OVERLAP))  # one search step each here
+    first_tile = 1 + cells + 1
 
     def server_hook(value, total, preview, node_id=None):
         events.append((value, total))
-        if value == 3:
+        if value == first_tile:
             mm.interrupt_current_processing(True)  # the user presses Cancel during the first tile
         mm.throw_exception_if_processing_interrupted()
 
@@ -417,7 +420,8 @@ def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):
     with pytest.raises(mm.InterruptProcessingException):
         run(cn.RefSRUpscale, image=_image(scene["big"]), reference=_image(scene["hr"]), refsr_model=model,
             tile_size=32)
-    assert events == [(1, 4), (2, 4), (3, 4)]  # encoding, search, first of two tiles; then stopped
+    # encoding, the search (one step per search cell), the first of two tiles; then stopped
+    assert cells == 3 and events == [(v, first_tile + 1) for v in range(1, first_tile + 1)]
     assert not mm.processing_interrupted() and model.device.type == "cpu"
 
 
