@@ -453,7 +453,7 @@ def test_interrupt_without_a_progress_hook_stops_the_node(model, scene, monkeypa
     original = model.network.decode
     tiles = []
 
-    def cancel_in_first(*args):
+    def cancel_in_first(*args, **kwargs):
         tiles.append(1)
         mm.interrupt_current_processing(True)
         return original(*args, **kwargs)
