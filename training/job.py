@@ -61,9 +61,9 @@ class TrainingJob:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(_import_roots() + [p for p in [env.get("PYTHONPATH")] if p])
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self._process = subprocess.Popen([sys.executable, "-m", f"{__package__}.job", *self.argv], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                         bufsize=1)
+        self._process = subprocess.Popen([sys.executable, "-m", f"{__package__}.job", *self.argv],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, env=env, bufsize=1)
         for stream, target in ((self._process.stdout, self._read_events), (self._process.stderr, self._read_log)):
             thread = threading.Thread(target=target, args=(stream,), daemon=True)
             thread.start()

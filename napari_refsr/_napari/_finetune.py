@@ -4,12 +4,12 @@ A thin shell over the project's trainer: the chosen layers (and/or a folder) are
 written as a run's training data (:mod:`training.array_data`: the bottom of each image is held
 out for validation), then ``training/train.py`` (installed: ``napari_refsr.training``) runs with
 reconstruction loss only in a child process (:mod:`training.job` says why a process and not a
-thread). A Qt timer reads the run's events: the loss and the validation PSNR (next to bicubic) are plotted live, the progress bar
-follows the steps. Stop lets the run validate, checkpoint and export; Resume continues it from
-its last checkpoint. The exported model is added to every upscale widget's model list at once,
-"Before / after" upscales a held-out layer ↓4 with the starting and the fine-tuned model, and
-"Export bioimage.io" packages the result (:mod:`napari_refsr.zoo`).
-"""
+thread). A Qt timer reads the run's events: the loss and the validation PSNR (next to bicubic) are
+plotted live, the progress bar follows the steps. Stop lets the run validate, checkpoint and
+export; Resume continues it from its last checkpoint. The exported model is added to every upscale
+widget's model list at once, "Before / after" upscales a held-out layer ↓4 with the starting and
+the fine-tuned model, and "Export bioimage.io" packages the result (:mod:`napari_refsr.zoo`).
+Stacks train plane by plane along the chosen Y and X axes (only valid axes are offered)."""
 
 from __future__ import annotations
 
@@ -161,8 +161,8 @@ class FineTuneWidget(Container):
         runs = Container(layout="horizontal", labels=False,
                          widgets=[self.start_button, self.stop_button, self.resume_button])
         after = Container(layout="horizontal", labels=False, widgets=[self.compare_button, self.export_button])
-        self.extend([self.images, self.y_axis, self.x_axis, self.folder, self.references, self.model, self.steps, self.lr, self.crop,
-                     self.output, self.advanced, *self._advanced, runs, self.progress, self.status,
+        self.extend([self.images, self.y_axis, self.x_axis, self.folder, self.references, self.model, self.steps,
+                     self.lr, self.crop, self.output, self.advanced, *self._advanced, runs, self.progress, self.status,
                      self.compare_on, after])
         self._build_plot()
         self._show_advanced(False)
