@@ -76,3 +76,14 @@ def test_installed_copy_fine_tunes_from_napari_outside_the_checkout(wheel, tmp_p
     assert result["upscaled"] == [128, 128]
     shipped = yaml.safe_load((ROOT / "training" / "configs" / "refsr-compact.yaml").read_text())
     assert result["config"] == [shipped["model"]["n_feats"], shipped["data"]["crop"]]
+
+
+def test_config_by_the_name_of_a_shipped_one(tmp_path, monkeypatch):
+    from napari_refsr.errors import RefSRError
+    from training.config import load_config
+
+    monkeypatch.chdir(tmp_path)  # not relative to the checkout
+    shipped = yaml.safe_load((ROOT / "training" / "configs" / "srntt.yaml").read_text())
+    assert load_config("srntt")["model"]["arch"] == shipped["model"]["arch"] == "srntt"
+    with pytest.raises(RefSRError, match=r"config file not found: nothing.*shipped configs: refsr-compact, srntt"):
+        load_config("nothing")
