@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def make_inputs(folder: Path, size: int, ref_size: int, n_feats: int) -> tuple[Path, Path, Path]:
+def make_inputs(folder: Path, size: int, ref_size: int, n_feats: int, blocks: int = 1) -> tuple[Path, Path, Path]:
     import tifffile
     import torch
     from PIL import Image
@@ -46,12 +46,12 @@ def make_inputs(folder: Path, size: int, ref_size: int, n_feats: int) -> tuple[P
 
     from napari_refsr.archs.ttsr import TTSR, TTSRConfig
 
-    ckpt = folder / "tiny.pt"
+    ckpt = folder / f"tiny-f{n_feats}-b{blocks}.pt"
     if not ckpt.exists():
         torch.manual_seed(0)
-        torch.save(TTSR(TTSRConfig(n_feats=n_feats, num_res_blocks=(1, 1, 1, 1))).state_dict(), ckpt)
+        torch.save(TTSR(TTSRConfig(n_feats=n_feats, num_res_blocks=(blocks,) * 4)).state_dict(), ckpt)
     astro = data.astronaut()
-    ref = folder / "ref.png"
+    ref = folder / f"ref{ref_size}.png"
     if not ref.exists():
         Image.fromarray(astro[100:100 + 2 * ref_size:2, 150:150 + 2 * ref_size:2]).save(ref)
     lr = folder / f"lr{size}.tif"
@@ -62,17 +62,62 @@ def make_inputs(folder: Path, size: int, ref_size: int, n_feats: int) -> tuple[P
     return ckpt, ref, lr
 
 
+class TreeRSS:
+    """Samples the summed RSS of a process and all its descendants (dask worker processes too)
+    every ``interval`` seconds in a thread; ``peak`` is the highest sum seen, in MiB."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        import threading
+
+        import psutil
+
+        self.root, self.interval, self.peak = psutil.Process(pid), interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> float:
+        import psutil
+
+        total = 0
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except psutil.Error:
+            return 0.0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def run_child(argv: list[str], log: Path, threads: int | None = None) -> tuple[float, float, float, int]:
     """(wall seconds, CPU seconds, peak RSS in MiB, exit status) of one command in its own process,
-    with ``threads`` torch/OpenMP threads if given. (CPU time includes worker threads; on a shared
-    machine it is the steadier number.)"""
+    with ``threads`` torch/OpenMP threads if given. Peak RSS is the larger of the child's own
+    high-water mark (``wait4`` ``ru_maxrss``) and the sampled sum over its whole process tree.
+    (CPU time includes worker threads; on a shared machine it is the steadier number.)"""
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     start = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        tree = TreeRSS(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sampled = tree.stop()
     cpu = usage.ru_utime + usage.ru_stime
-    return time.perf_counter() - start, cpu, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
+    rss = max(usage.ru_maxrss / 1024.0, sampled)
+    return time.perf_counter() - start, cpu, rss, proc.returncode
 
 
 def _pattern(block_id=None, *, chunk: int) -> np.ndarray:
@@ -93,11 +138,38 @@ def writer_child(out: Path, size: int, chunk: int) -> None:
     write_ome_zarr(image, out, "CYX", scale={"Y": 0.25, "X": 0.25}, workers=2)
 
 
+def _nearest_upscaler(self):
+    """Stand-in for ``Job.upscaler`` in the --machinery run: the region of the crop, ×4 by pixel
+    repetition (the network's place in the chunk task; everything around it is the real code)."""
+
+    def region_x4(crop, origin, size, region):
+        (oy, ox), (y0, y1, x0, x1) = origin, region
+        core = np.asarray(crop)[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        return np.repeat(np.repeat(core, 4, axis=0), 4, axis=1)
+
+    return region_x4
+
+
+def machinery_child(lr: Path, ref: Path, ckpt: Path, out: Path, chunk: int, tile: int, workers: int | None) -> None:
+    """The body of the --machinery measurement: ``upscale_file`` (TIFF opened lazily, halos, the
+    threaded scheduler, chunks stored, the ome-zarr-py pyramid, rename) with the network call of
+    each chunk replaced by pixel repetition, so the out-of-core machinery runs at full size."""
+    from PIL import Image
+
+    from napari_refsr.large import chunks, upscale_file
+    from napari_refsr.model import load_model
+
+    chunks.Job.upscaler = _nearest_upscaler
+    model = load_model(str(ckpt), device="cpu")
+    upscale_file(model, lr, [np.asarray(Image.open(ref))], out, chunk=chunk, tile=tile, workers=workers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="512,1024,2048", help="LR sizes (pixels per side), comma-separated")
-    parser.add_argument("--ref", type=int, default=96, help="reference size (pixels per side)")
-    parser.add_argument("--n-feats", type=int, default=8)
+    parser.add_argument("--ref", type=int, default=48, help="reference size (pixels per side)")
+    parser.add_argument("--n-feats", type=int, default=4, help="TTSR width (the VGG extractor is fixed)")
+    parser.add_argument("--blocks", type=int, default=1, help="residual blocks per TTSR stage")
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--workers", type=int, default=None, help="dask threads (default: the CLI's)")
@@ -108,12 +180,35 @@ def main() -> None:
     parser.add_argument("--folder", default=None, help="where inputs and outputs go (default: a temp dir)")
     parser.add_argument("--writer", type=int, default=None, metavar="OUT", help="writer-only run at OUT² output")
     parser.add_argument("--writer-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--machinery", type=int, default=None, metavar="LR",
+                        help="the out-of-core path at LR² with pixel repetition in place of the network")
+    parser.add_argument("--machinery-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help="keep the outputs (e.g. to open them in napari)")
     args = parser.parse_args()
 
     folder = Path(args.folder or tempfile.mkdtemp(prefix="refsr-bench-large-"))
     folder.mkdir(parents=True, exist_ok=True)
     if args.writer_child:
         writer_child(folder / f"writer{args.writer_child}.ome.zarr", args.writer_child, 4 * args.chunk)
+        return
+    if args.machinery_child:
+        ckpt, ref, lr = make_inputs(folder, args.machinery_child, args.ref, args.n_feats, args.blocks)
+        machinery_child(lr, ref, ckpt, folder / f"machinery{args.machinery_child}.ome.zarr", args.chunk, args.tile,
+                        args.workers)
+        return
+    if args.machinery:
+        make_inputs(folder, args.machinery, args.ref, args.n_feats, args.blocks)  # not part of the measurement
+        out = folder / f"machinery{args.machinery}.ome.zarr"
+        argv = [sys.executable, __file__, "--machinery-child", str(args.machinery), "--folder", str(folder),
+                "--chunk", str(args.chunk), "--tile", str(args.tile), "--ref", str(args.ref),
+                "--n-feats", str(args.n_feats), "--blocks", str(args.blocks)]
+        argv += ["--workers", str(args.workers)] if args.workers else []
+        seconds, cpu, rss, status = run_child(argv, folder / f"machinery{args.machinery}.log", args.threads)
+        gib = 3 * (4 * args.machinery) ** 2 / 2**30
+        print(f"| machinery (network → pixel repetition) | {args.machinery}² → {4 * args.machinery}² RGB "
+              f"({gib:.2f} GiB) | {seconds:.0f} s wall | {cpu:.0f} s CPU | peak RSS {rss:.0f} MiB | exit {status} |")
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
         return
     if args.writer:
         out = folder / f"writer{args.writer}.ome.zarr"
@@ -123,11 +218,12 @@ def main() -> None:
         gib = 3 * args.writer ** 2 / 2**30
         print(f"| writer only | {args.writer}² RGB ({gib:.2f} GiB) | {seconds:.0f} s wall | {cpu:.0f} s CPU | "
               f"peak RSS {rss:.0f} MiB | exit {status} |")
-        shutil.rmtree(out, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
         return
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        ckpt, ref, lr = make_inputs(folder, size, args.ref, args.n_feats)
+        ckpt, ref, lr = make_inputs(folder, size, args.ref, args.n_feats, args.blocks)
         for mode in args.modes.split(","):
             if mode == "inmem" and size > args.skip_inmem_above:
                 rows.append((size, mode, None, None, None, "skipped"))
@@ -142,7 +238,9 @@ def main() -> None:
             rows.append((size, mode, seconds, cpu, rss, note))
             print(f"# {size}² {mode}: {seconds:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MiB, {note}",
                   flush=True)
-            if out.is_dir():
+            if args.keep:
+                pass
+            elif out.is_dir():
                 shutil.rmtree(out)
             elif out.exists():
                 out.unlink()

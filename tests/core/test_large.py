@@ -269,28 +269,52 @@ def test_failure_mid_run_leaves_nothing(tmp_path, model, stack, monkeypatch):
 # ------------------------------------------------------------------------------ a real cluster
 
 
-def test_local_cluster_with_two_processes_equals_threads(tmp_path, model, stack, stack_expected):
+@pytest.fixture(scope="module")
+def cluster():
+    """A real LocalCluster of 2 worker processes (one thread each, one torch thread each)."""
     from distributed import Client, LocalCluster
 
-    lr, ref = stack
-    _write_tiff(tmp_path / "big.tif", lr)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.run(torch.set_num_threads, 1)
-        seen = []
-        with large.scheduler(cluster.scheduler_address) as remote:  # an existing cluster, by address
-            assert remote.scheduler_info()["address"] == cluster.scheduler_address
-            source = large.open_image(tmp_path / "big.tif")
-            large.upscale_to_ome_zarr(model, source.data, ref, tmp_path / "out.ome.zarr", axes=source.axes,
-                                      spatial_axes=(1, 2), tile=TILE, overlap=OVERLAP, chunk=CHUNK,
-                                      client=remote, progress=lambda d, t: seen.append(d))
-        encoded = client.run(lambda: dict(__import__("napari_refsr.large.chunks", fromlist=["ENCODED"]).ENCODED))
+        yield cluster, client
+
+
+def test_local_cluster_with_two_processes_equals_threads(tmp_path, model, stack, stack_expected, cluster):
+    cluster, client = cluster
+    lr, ref = stack
+    _write_tiff(tmp_path / "big.tif", lr)
+    seen = []
+    with large.scheduler(cluster.scheduler_address) as remote:  # an existing cluster, by address
+        assert remote.scheduler_info()["address"] == cluster.scheduler_address
+        source = large.open_image(tmp_path / "big.tif")
+        large.upscale_to_ome_zarr(model, source.data, ref, tmp_path / "out.ome.zarr", axes=source.axes,
+                                  spatial_axes=(1, 2), tile=TILE, overlap=OVERLAP, chunk=CHUNK,
+                                  client=remote, progress=lambda d, t: seen.append(d))
+    encoded = client.run(lambda: dict(__import__("napari_refsr.large.chunks", fromlist=["ENCODED"]).ENCODED))
     assert len(encoded) == 2 and seen[-1] == 8
     # each worker process encoded the references at most once for the 8 chunks (model shipped once)
     assert sum(sum(e.values()) for e in encoded.values()) <= 2
     assert all(count == 1 for e in encoded.values() for count in e.values())
     got = zarr.open_array(str(tmp_path / "out.ome.zarr" / "s0"), mode="r")[:]
     np.testing.assert_array_equal(got, stack_expected)
+
+
+def test_cancel_on_the_cluster_stops_between_chunks_and_leaves_no_store(tmp_path, model, stack, cluster):
+    _, client = cluster
+    lr, ref = stack
+    target = tmp_path / "out.ome.zarr"
+    zarr.open_group(str(target), mode="w").attrs["mine"] = True  # an earlier result stays untouched
+    seen = []
+    with pytest.raises(Cancelled):
+        large.upscale_to_ome_zarr(model, da.from_array(lr), ref, target, axes="ZYX", spatial_axes=(1, 2),
+                                  tile=TILE, overlap=OVERLAP, chunk=CHUNK, client=client,
+                                  progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 1)
+    assert seen == [1]  # stopped after the first of eight chunks
+    # it returned only once nothing of the run still runs on a worker, and it cleaned up
+    assert not any(client.processing().values())
+    assert dict(zarr.open_group(str(target), mode="r").attrs) == {"mine": True}
+    assert _no_leftovers(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------ without the extra
