@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,51 @@ def test_axes_errors_are_one_line(model, stack):
     src = large.Source(da.from_array(lr), "ZQX")
     with pytest.raises(RefSRError, match="one Y and one X"):
         large.layout(src)
+
+
+# ------------------------------------------------------------------------------ bounded memory
+
+
+@pytest.mark.parametrize("blocks", [3, 9])
+def test_the_writer_holds_about_one_output_chunk_per_thread_whatever_the_size(tmp_path, blocks):
+    """Output chunks are stored as they are made: at no time are more than ``threads`` + 1 computed
+    and not yet written, for 9 or 81 chunks alike (so memory does not grow with the image)."""
+    from dask.callbacks import Callback
+
+    n, depth = 24, 5
+    lr = da.from_array(RNG.integers(0, 255, (n * blocks, n * blocks), dtype=np.uint8), chunks=n)
+    haloed = da.overlap.overlap(lr, depth=depth, boundary="none")
+    live, most, lock = [0], [0], threading.Lock()
+
+    def make(block, block_id=None):  # counts chunks made (the store task counts them written)
+        out = _cut_x4(block, depth, block_id, lr.numblocks)
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        return out
+
+    image = da.map_blocks(make, haloed, dtype=np.uint8, chunks=tuple(tuple(4 * c for c in cs) for cs in lr.chunks))
+
+    def posttask(key, result, dsk, state, worker_id):
+        if str(key[0] if isinstance(key, tuple) else key).startswith("refsr-store-"):
+            with lock:
+                live[0] -= 1
+
+    threads = 2
+    with Callback(posttask=posttask):
+        large.write_ome_zarr(image, tmp_path / "out.ome.zarr", "YX", workers=threads, pyramid_min=1 << 30)
+    got = zarr.open_array(str(tmp_path / "out.ome.zarr" / "s0"), mode="r")[:]
+    np.testing.assert_array_equal(got, np.repeat(np.repeat(lr.compute(), 4, 0), 4, 1))
+    assert live[0] == 0 and 1 <= most[0] <= threads + 1, most[0]
+
+
+def _cut_x4(block, depth, block_id, numblocks):
+    """The core of a haloed block (``boundary="none"``: no halo at the image border), ×4."""
+    y0 = depth if block_id[0] > 0 else 0
+    x0 = depth if block_id[1] > 0 else 0
+    y1 = block.shape[0] - (depth if block_id[0] < numblocks[0] - 1 else 0)
+    x1 = block.shape[1] - (depth if block_id[1] < numblocks[1] - 1 else 0)
+    return np.repeat(np.repeat(block[y0:y1, x0:x1], 4, 0), 4, 1)
 
 
 # ------------------------------------------------------------------------------ cancel and failure
