@@ -7,18 +7,32 @@ real CLI in its own process, twice:
 * out of core: ``refsr upscale LR.tif REF.png -o OUT.ome.zarr`` (chunks with halos, threaded
   scheduler, OME-Zarr with a pyramid).
 
-Peak RSS is the child's own high-water mark (``os.wait4`` rusage ``ru_maxrss``); time is wall
-clock and CPU seconds (user + system, all threads) of the child. The model is a tiny untrained TTSR (``--n-feats``, one residual block per stage) whose cost
-is dominated by the fixed VGG texture extractor; the reference is small (``--ref``) to keep the
-search short. Prints a markdown table; ``--skip-inmem-above N`` skips the in-memory run above N.
+Peak RSS is the larger of the child's own high-water mark (``os.wait4`` ``ru_maxrss``) and the
+sum over its whole process tree sampled every 0.2 s (``--scheduler processes`` starts worker
+processes; they count too); time is wall clock and CPU seconds (user + system, all threads and
+waited-for children). The model is a tiny untrained TTSR (``--n-feats``, ``--blocks`` residual
+blocks per stage); its cost is dominated by parts that do not shrink with it: the fixed VGG19
+texture extractor (to relu3_1, run on LR↑ at the output resolution), the texture search and the
+transfer of level-1 textures at ×4. The reference is small (``--ref``). Prints a markdown table;
+``--skip-inmem-above N`` skips the in-memory run above N; ``--keep`` keeps the outputs.
 
 ``--writer OUT`` measures the writing side alone at full scale, without the network: a lazily made
 OUT×OUT RGB uint8 array (a cheap pattern per chunk) goes through the real
 ``napari_refsr.large.write_ome_zarr`` (chunks stored, then the ome-zarr-py pyramid, renamed into
 place), in its own process, with peak RSS and time.
 
-    nice -n 19 python bench/large.py --sizes 512,1024,2048 --threads 1
+``--machinery LR`` runs the whole out-of-core path of the CLI at full size — ``upscale_file``: the
+LR² TIFF opened lazily, chunks with halos on the threaded scheduler, the references encoded, every
+output chunk stored, the pyramid, the rename — with one substitution, stated in its output: each
+chunk's network call is pixel repetition ×4. It measures what the path itself holds in memory at
+a size whose network run would take hours here (the network's own per-chunk memory does not grow
+with the image; the --sizes runs measure it).
+
+    nice -n 19 python bench/large.py --sizes 1024,2048 --threads 1
+    nice -n 19 python bench/large.py --sizes 8192 --modes ooc --threads 1 --workers 2 --keep --folder DIR
+    xvfb-run -a python bench/napari_lazy.py DIR/out8192.ome.zarr
     nice -n 19 python bench/large.py --writer 32768
+    nice -n 19 python bench/large.py --machinery 8192 --threads 1 --keep --folder DIR
 """
 
 from __future__ import annotations
@@ -172,7 +186,9 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per TTSR stage")
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=None, help="dask threads (default: the CLI's)")
+    parser.add_argument("--workers", type=int, default=None, help="dask threads or worker processes (default: the CLI's)")
+    parser.add_argument("--scheduler", default=None, help="the CLI's --scheduler for the out-of-core runs "
+                        "(threads, processes, or an address); peak RSS covers the worker processes it starts")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (OMP_NUM_THREADS; 1 avoids spinning on a shared machine)")
     parser.add_argument("--skip-inmem-above", type=int, default=1 << 30)
@@ -233,6 +249,7 @@ def main() -> None:
                     "--model", str(ckpt), "--device", "cpu", "--tile", str(args.tile), "-q"]
             if mode == "ooc":
                 argv += ["--chunk", str(args.chunk)] + (["--workers", str(args.workers)] if args.workers else [])
+                argv += ["--scheduler", args.scheduler] if args.scheduler else []
             seconds, cpu, rss, status = run_child(argv, folder / f"{mode}{size}.log", args.threads)
             note = "ok" if status == 0 else f"exit {status}: " + (folder / f"{mode}{size}.log").read_text()[-200:]
             rows.append((size, mode, seconds, cpu, rss, note))

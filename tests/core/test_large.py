@@ -263,16 +263,20 @@ def _cut_x4(block, depth, block_id, numblocks):
 # ------------------------------------------------------------------------------ cancel and failure
 
 
-def test_cancel_between_chunks_leaves_no_store_and_keeps_the_old_one(tmp_path, model, stack):
+@pytest.mark.parametrize("where", ["threads", "cluster"])
+def test_cancel_between_chunks_leaves_no_store_and_keeps_the_old_one(tmp_path, model, stack, where, request):
+    client = request.getfixturevalue("cluster")[1] if where == "cluster" else None
     lr, ref = stack
     target = tmp_path / "out.ome.zarr"
     zarr.open_group(str(target), mode="w").attrs["mine"] = True  # an earlier result stays untouched
     seen = []
     with pytest.raises(Cancelled):
         large.upscale_to_ome_zarr(model, da.from_array(lr), ref, target, axes="ZYX", spatial_axes=(1, 2),
-                                  tile=TILE, overlap=OVERLAP, chunk=CHUNK, workers=1,
+                                  tile=TILE, overlap=OVERLAP, chunk=CHUNK, workers=1, client=client,
                                   progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 1)
     assert seen == [1]  # stopped after the first of eight chunks
+    if client is not None:  # it returned only once nothing of the run still ran on a worker
+        assert not any(client.processing().values())
     assert dict(zarr.open_group(str(target), mode="r").attrs) == {"mine": True}
     assert _no_leftovers(tmp_path) == []
 
@@ -344,23 +348,6 @@ def test_local_cluster_with_two_processes_equals_threads(tmp_path, model, stack,
     assert all(count == 1 for e in encoded.values() for count in e.values())
     got = zarr.open_array(str(tmp_path / "out.ome.zarr" / "s0"), mode="r")[:]
     np.testing.assert_array_equal(got, stack_expected)
-
-
-def test_cancel_on_the_cluster_stops_between_chunks_and_leaves_no_store(tmp_path, model, stack, cluster):
-    _, client = cluster
-    lr, ref = stack
-    target = tmp_path / "out.ome.zarr"
-    zarr.open_group(str(target), mode="w").attrs["mine"] = True  # an earlier result stays untouched
-    seen = []
-    with pytest.raises(Cancelled):
-        large.upscale_to_ome_zarr(model, da.from_array(lr), ref, target, axes="ZYX", spatial_axes=(1, 2),
-                                  tile=TILE, overlap=OVERLAP, chunk=CHUNK, client=client,
-                                  progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 1)
-    assert seen == [1]  # stopped after the first of eight chunks
-    # it returned only once nothing of the run still runs on a worker, and it cleaned up
-    assert not any(client.processing().values())
-    assert dict(zarr.open_group(str(target), mode="r").attrs) == {"mine": True}
-    assert _no_leftovers(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------ without the extra
