@@ -350,6 +350,19 @@ def test_local_cluster_with_two_processes_equals_threads(tmp_path, model, stack,
     np.testing.assert_array_equal(got, stack_expected)
 
 
+def test_threads_while_a_client_is_active(tmp_path, model, stack, stack_expected, cluster):
+    """client=None runs on threads even while a distributed client is the default one (the job is
+    not scattered to it, the intensity window is not computed on it)."""
+    _, client = cluster
+    from distributed import default_client
+
+    assert default_client() is client
+    lr, ref = stack
+    out = large.upscale_to_ome_zarr(model, da.from_array(lr), ref, tmp_path / "out.ome.zarr", axes="ZYX",
+                                    spatial_axes=(1, 2), tile=TILE, overlap=OVERLAP, chunk=CHUNK, workers=1)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "s0"), mode="r")[:], stack_expected)
+
+
 # ------------------------------------------------------------------------------ without the extra
 
 
