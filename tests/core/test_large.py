@@ -334,18 +334,24 @@ def test_local_cluster_with_two_processes_equals_threads(tmp_path, model, stack,
     cluster, client = cluster
     lr, ref = stack
     _write_tiff(tmp_path / "big.tif", lr)
-    seen = []
+    def encoded():  # each worker's ENCODED counter (job token -> encodings)
+        return client.run(lambda: dict(__import__("napari_refsr.large.chunks", fromlist=["ENCODED"]).ENCODED))
+
+    before, seen = encoded(), []
     with large.scheduler(cluster.scheduler_address) as remote:  # an existing cluster, by address
         assert remote.scheduler_info()["address"] == cluster.scheduler_address
         source = large.open_image(tmp_path / "big.tif")
         large.upscale_to_ome_zarr(model, source.data, ref, tmp_path / "out.ome.zarr", axes=source.axes,
                                   spatial_axes=(1, 2), tile=TILE, overlap=OVERLAP, chunk=CHUNK,
                                   client=remote, progress=lambda d, t: seen.append(d))
-    encoded = client.run(lambda: dict(__import__("napari_refsr.large.chunks", fromlist=["ENCODED"]).ENCODED))
-    assert len(encoded) == 2 and seen[-1] == 8
+    after = encoded()  # this run's job only (the module's cluster also runs other tests' jobs)
+    runs = {w: {t: n - before.get(w, {}).get(t, 0) for t, n in e.items()} for w, e in after.items()}
+    runs = {w: {t: n for t, n in e.items() if n} for w, e in runs.items()}
+    assert len(runs) == 2 and seen[-1] == 8
+    assert len({t for e in runs.values() for t in e}) == 1  # one job
     # each worker process encoded the references at most once for the 8 chunks (model shipped once)
-    assert sum(sum(e.values()) for e in encoded.values()) <= 2
-    assert all(count == 1 for e in encoded.values() for count in e.values())
+    assert sum(sum(e.values()) for e in runs.values()) <= 2
+    assert all(count == 1 for e in runs.values() for count in e.values())
     got = zarr.open_array(str(tmp_path / "out.ome.zarr" / "s0"), mode="r")[:]
     np.testing.assert_array_equal(got, stack_expected)
 
