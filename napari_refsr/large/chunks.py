@@ -124,6 +124,7 @@ def upscale_dask(
     value_range: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     search_budget: int = DEFAULT_BUDGET,
+    phases: int | None = None,
 ) -> da.Array:
     """``upscale_nd``'s image, as a lazy dask array: ``data`` (a dask array, zarr array or anything
     ``dask.array.asarray`` takes) is processed in ``chunk``×``chunk`` LR chunks with halos. Writing
@@ -152,7 +153,8 @@ def upscale_dask(
     window = value_range if value_range is not None else whole_window(arr, percentiles)
     colour = ca is not None and arr.shape[ca] >= 3
     options = dict(colour=colour, value_range=window, ref_range=value_range, tile=tile, overlap=overlap,
-                   device=device, half=half, percentiles=percentiles, search_budget=search_budget)
+                   device=device, half=half, percentiles=percentiles, search_budget=search_budget,
+                   phases=phases)
     job = Job(model, [np.asarray(r) for r in (refs if isinstance(refs, (list, tuple)) else [refs])], options)
     job.upscaler()  # checks the references now; the threaded scheduler reuses this one
 
