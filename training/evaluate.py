@@ -240,17 +240,18 @@ def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref
 
 
 def reference_figure(network: torch.nn.Module, item: EvalItem, path: str | Path, *, device="cpu",
-                     box: tuple[int, int, int, int] | None = None, zoom: int = 2) -> Path:
+                     box: tuple[int, int, int, int] | None = None, zoom: int = 2, phases: int | None = None) -> Path:
     """What the reference adds, on one image: LR↑ (bicubic) / the output with the item's reference /
     with the uninformative one (LR↑) / the confidence S with the real reference (black 0.5, white
     1) / HR, over ``box`` (y, x, h, w in HR pixels; default: the whole image)."""
     from training.plot import plot_panels
 
-    x = item.inputs(network.search_phases)
+    phases = network.search_phases if phases is None else phases
+    x = item.inputs(phases)
     with torch.no_grad():
         network.eval()
-        real = _forward(network, x, item, device, False, network.search_phases)
-        own = _forward(network, x, item, device, True, network.search_phases)
+        real = _forward(network, x, item, device, False, phases)
+        own = _forward(network, x, item, device, True, phases)
     y0, x0, h, w = box or (0, 0, *item.hr.shape[-2:])
 
     def pixels(t: torch.Tensor) -> np.ndarray:
@@ -284,7 +285,7 @@ def _figure(args: argparse.Namespace) -> None:
         box = tuple(int(p) for p in parts)
     dev = choose_device(args.device)
     network, _ = load_network(args.model[0], dev)
-    print(f"wrote {reference_figure(network, item, args.figure, device=dev, box=box)}")
+    print(f"wrote {reference_figure(network, item, args.figure, device=dev, box=box, phases=args.phases)}")
 
 
 def _fmt(value: float, digits: int) -> str:
