@@ -2,7 +2,9 @@
 
 A package holds an ``rdf.yaml`` and its files: the weights as ``pytorch_state_dict`` of
 :class:`~napari_refsr.archs.two_input.TwoInputSR` with its architecture source
-(:mod:`.zoo_source`, one self-contained file), test tensors, covers and a model card.
+(:mod:`.zoo_source`, one self-contained file) and as ``torchscript``
+(:mod:`napari_refsr.archs.scripted`: for consumers without Python), test tensors, covers and a
+model card.
 
 * Two inputs — ``lr`` and ``reference`` (batch, channel, y, x), parameterised sizes — each
   normalised the way napari-refsr does for non-8-bit images: percentiles 0.1 / 99.9 of the
@@ -22,6 +24,7 @@ import io
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -184,7 +187,7 @@ def _cover(lr: np.ndarray, sr: np.ndarray, ref: np.ndarray, path: Path) -> None:
     canvas.resize((512, 256)).save(path)
 
 
-def _card(name: str, model, channels: int, psnr: tuple[float, float] | None) -> str:
+def _card(name: str, model, channels: int, psnr: tuple[float, float] | None, torchscript: bool) -> str:
     arch = model.config.get("arch", "ttsr")
     meta = model.meta or {}
     lines = [f"# {name}", "",
@@ -201,11 +204,11 @@ def _card(name: str, model, channels: int, psnr: tuple[float, float] | None) -> 
              "does this; a generic tiler that also splits the reference gives weaker textures).", "",
              "## Weights", "",
              "`pytorch_state_dict` with its architecture source (one file generated from napari-refsr's "
-             "modules; needs only torch and numpy). No TorchScript: the PIL-exact bicubic and the "
-             "memory-bounded texture search compute filter taps and chunk sizes in Python from the "
-             "image sizes, so a trace is valid for one size only and scripting would need a second "
-             "implementation. Consumers that run `pytorch_state_dict` (bioimageio.core and the tools "
-             "built on it) run this package; TorchScript-only ones (deepImageJ, Icy) do not.", "",
+             "modules; needs only torch and numpy), for bioimageio.core and the Python tools built on it."
+             + (" `torchscript` as well (any input sizes the axes allow: the convolutional parts are "
+                "traced, the size-dependent bicubic resizing and texture search scripted), for consumers "
+                "that run TorchScript without Python (deepImageJ, Icy and other tools on the Java/C++ "
+                "runtimes), computing the same output." if torchscript else ""), "",
              "## Validation", ""]
     if psnr is not None:
         lines.append(f"On the packaged test image (its ground truth ↓4 as input): PSNR {psnr[1]:.2f} dB "
@@ -238,13 +241,15 @@ def export_bioimageio(
     authors: Sequence[str] = ("napari-refsr developers",),
     licence: str | None = None,
     test_images: tuple[np.ndarray, np.ndarray] | None = None,
+    torchscript: bool = True,
 ) -> Path:
     """Write a bioimage.io model package (zip) of ``source`` (a model name, checkpoint path or
     :class:`~napari_refsr.RefSRModel`) to ``output``, atomically; returns its path.
 
     ``channels``: 1 (grayscale) or 3 (RGB) per input. ``test_images``: (LR, reference) arrays
     for the test tensors and covers (cropped to valid sizes); default scikit-image's images.
-    ``licence``: an SPDX id (default: the registry entry's, else MIT)."""
+    ``licence``: an SPDX id (default: the registry entry's, else MIT). ``torchscript``: add
+    TorchScript weights next to the state dict (checked to reproduce the test output)."""
     try:
         from bioimageio.spec import save_bioimageio_package
         from bioimageio.spec.model import v0_5
@@ -309,8 +314,11 @@ def export_bioimageio(
         (d / "refsr_architecture.py").write_text(architecture_source(net_cls, config_cls), encoding="utf-8")
         torch.save({k: v.detach().cpu().contiguous() for k, v in wrapper.state_dict().items()}, d / "weights.pt")
         _cover(lr, np.clip(sr, 0, 1), ref, d / "cover.png")
-        (d / "README.md").write_text(_card(name, model, channels, psnr), encoding="utf-8")
-        descr = _describe(v0_5, d, model, name, channels, authors, _licence(model, licence), ENTRY_POINT)
+        if torchscript:
+            _write_torchscript(wrapper, channels, (lr, ref), d / "weights_torchscript.pt")
+        (d / "README.md").write_text(_card(name, model, channels, psnr, torchscript), encoding="utf-8")
+        descr = _describe(v0_5, d, model, name, channels, authors, _licence(model, licence), ENTRY_POINT,
+                          torchscript)
         if isinstance(descr, ValidationError):
             raise RefSRError(f"the bioimage.io description is not valid: {_first_error(descr)}")
         tmp_zip = d / "package.zip"
@@ -327,7 +335,25 @@ def _first_error(err) -> str:
     return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
-def _describe(v0_5, d: Path, model, name: str, channels: int, authors, licence: str, entry_point: str):
+def _write_torchscript(wrapper, channels: int, test: tuple[np.ndarray, np.ndarray], path: Path) -> None:
+    """TorchScript of ``wrapper``'s network, saved to ``path`` once it reproduces the state-dict
+    wrapper's output on the test images."""
+    from .archs.scripted import script_two_input
+
+    scripted = script_two_input(wrapper.network, channels)
+    lr, ref = (torch.from_numpy(_to_bioimageio(a)) for a in test)
+    with torch.no_grad():
+        expected, got = wrapper(lr, ref), scripted(lr, ref)
+    if got.shape != expected.shape or float((got - expected).abs().max()) > 1e-5:
+        raise RefSRError("the TorchScript module does not reproduce the network's output; export with "
+                         "torchscript=False")
+    with warnings.catch_warnings():  # deprecated in torch >= 2.9; what Java/C++ consumers read
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.save` is deprecated")
+        torch.jit.save(scripted, str(path))
+
+
+def _describe(v0_5, d: Path, model, name: str, channels: int, authors, licence: str, entry_point: str,
+              torchscript: bool):
     """The ModelDescr of the files in ``d`` (or the pydantic ValidationError)."""
     from pydantic import ValidationError
 
@@ -371,12 +397,16 @@ def _describe(v0_5, d: Path, model, name: str, channels: int, authors, licence: 
                                           axes=out_axes, test_tensor=v0_5.FileDescr(source=d / "test_sr.npy"),
                                           sample_tensor=v0_5.FileDescr(source=d / "sample_sr.tif"),
                                           data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
-        weights = v0_5.WeightsDescr(pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
-            source=d / "weights.pt",
-            architecture=v0_5.ArchitectureFromFileDescr(
-                source=d / "refsr_architecture.py", callable=entry_point,
-                kwargs={"config": dict(model.config), "channels": channels}),
-            pytorch_version=v0_5.Version(torch.__version__.split("+")[0])))
+        torch_version = v0_5.Version(torch.__version__.split("+")[0])
+        weights = v0_5.WeightsDescr(
+            pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+                source=d / "weights.pt",
+                architecture=v0_5.ArchitectureFromFileDescr(
+                    source=d / "refsr_architecture.py", callable=entry_point,
+                    kwargs={"config": dict(model.config), "channels": channels}),
+                pytorch_version=torch_version),
+            torchscript=v0_5.TorchscriptWeightsDescr(source=d / "weights_torchscript.pt", parent="pytorch_state_dict",
+                                                     pytorch_version=torch_version) if torchscript else None)
         cites = [CITATIONS[arch]] + ([CITATIONS["srntt"]] if arch == "ttsr" else [])
         return v0_5.ModelDescr(
             name=name,

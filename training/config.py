@@ -21,7 +21,7 @@ import yaml
 
 from napari_refsr.archs.registry import ARCHITECTURES, model_keys
 from napari_refsr.errors import RefSRError
-from training.data.references import ReferenceMix
+from .data.references import ReferenceMix
 
 __all__ = ["DEFAULTS", "ARCH_DEFAULTS", "ARCH_MODEL_KEYS", "load_config", "apply_overrides", "set_key",
            "rec_only", "check_config", "network_config"]
@@ -154,10 +154,18 @@ def _merge(base: dict, extra: dict, where: str) -> None:
             base[key] = value
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"  # the shipped configs (also in the wheel)
+
+
 def _read_yaml(path: str | Path) -> dict:
+    """A YAML config file; a bare name that is no file (``refsr-compact``) is a shipped config."""
     p = Path(path)
+    shipped = CONFIGS / f"{p.name}.yaml"
+    if not p.is_file() and p.suffix == "" and p.name == str(path) and shipped.is_file():
+        p = shipped
     if not p.is_file():
-        raise RefSRError(f"config file not found: {p}")
+        raise RefSRError(f"config file not found: {p} (shipped configs: "
+                         f"{', '.join(sorted(c.stem for c in CONFIGS.glob('*.yaml')))})")
     try:
         loaded = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:

@@ -27,13 +27,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run as a script from a source checkout
+if __package__ in (None, ""):  # run as a script from a source checkout: be training.<module> (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import training  # noqa: E402, F401
+
+    __package__ = "training"
 
 from napari_refsr.errors import RefSRError  # noqa: E402
 from napari_refsr.normalize import from_net, to_net  # noqa: E402
 from napari_refsr.phases import PHASES, phase_views  # noqa: E402
-from training.data import EvalItem, eval_items  # noqa: E402
+from .data import EvalItem, eval_items  # noqa: E402
 
 __all__ = ["metric_image", "psnr_ssim", "evaluate_network", "load_network", "main"]
 
@@ -148,7 +151,7 @@ def _down_up_net(img: torch.Tensor, quantize: bool) -> torch.Tensor:
 
 def load_network(source: str, device: torch.device) -> tuple[torch.nn.Module, str]:
     """A network from a registry name, an inference checkpoint or a training checkpoint."""
-    from training.checkpoints import load_training_checkpoint, network_from_checkpoint
+    from .checkpoints import load_training_checkpoint, network_from_checkpoint
 
     path = Path(source).expanduser()
     if path.is_file():
@@ -244,7 +247,7 @@ def reference_figure(network: torch.nn.Module, item: EvalItem, path: str | Path,
     """What the reference adds, on one image: LR↑ (bicubic) / the output with the item's reference /
     with the uninformative one (LR↑) / the confidence S with the real reference (black 0.5, white
     1) / HR, over ``box`` (y, x, h, w in HR pixels; default: the whole image)."""
-    from training.plot import plot_panels
+    from .plot import plot_panels
 
     phases = network.search_phases if phases is None else phases
     x = item.inputs(phases)
@@ -307,7 +310,7 @@ def _write_csv(path: Path, summary: list[dict], per_image: list[dict]) -> None:
 
 
 def _is_cufed(data: str) -> bool:
-    from training.data.evalsets import cufed5_dir
+    from .data.evalsets import cufed5_dir
 
     return cufed5_dir(Path(data).expanduser()) is not None
 

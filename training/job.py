@@ -7,7 +7,8 @@ with the viewer's event loop; and the run is exactly ``training/train.py``
 (:func:`training.train.main` with the same arguments), so the command line can resume or inspect
 it later. The cost is a few seconds of start-up (the child imports torch).
 
-The child is ``python -m training.job ARGS`` (a plain subprocess: multiprocessing's spawn would
+The child is ``python -m training.job ARGS`` (``napari_refsr.training.job`` where the training
+code comes installed with the package; a plain subprocess: multiprocessing's spawn would
 re-import the GUI's main script in the child). It writes one JSON event per line to its stdout
 (anything else printed goes to stderr): ``start``, ``step``, ``val``, ``done``, ``error`` (see
 :class:`training.trainer.Trainer`'s ``events``) and finally ``exit`` with its exit code; the
@@ -32,10 +33,14 @@ __all__ = ["TrainingJob"]
 
 
 def _import_roots() -> list[str]:
-    """Folders the child needs on its path: where ``training`` and ``napari_refsr`` come from."""
+    """Folders the child needs on its path: where ``napari_refsr`` comes from, and the source
+    checkout that holds a top-level ``training`` (an installed wheel ships it as
+    ``napari_refsr.training``, which needs no folder of its own)."""
     import napari_refsr
 
-    roots = [str(Path(__file__).resolve().parents[1]), str(Path(napari_refsr.__file__).resolve().parents[1])]
+    roots = [str(Path(napari_refsr.__file__).resolve().parents[1])]
+    if __package__ == "training":
+        roots.insert(0, str(Path(__file__).resolve().parents[1]))
     return list(dict.fromkeys(roots))
 
 
@@ -56,9 +61,9 @@ class TrainingJob:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(_import_roots() + [p for p in [env.get("PYTHONPATH")] if p])
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self._process = subprocess.Popen([sys.executable, "-m", "training.job", *self.argv], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                         bufsize=1)
+        self._process = subprocess.Popen([sys.executable, "-m", f"{__package__}.job", *self.argv],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, env=env, bufsize=1)
         for stream, target in ((self._process.stdout, self._read_events), (self._process.stderr, self._read_log)):
             thread = threading.Thread(target=target, args=(stream,), daemon=True)
             thread.start()
@@ -158,7 +163,7 @@ def _child(argv: list[str]) -> int:
     threading.Thread(target=watch_stdin, daemon=True).start()
     code = 1
     try:
-        from training.train import main
+        from .train import main
 
         code = main(argv, events=emit, should_stop=stop.is_set)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent

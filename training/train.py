@@ -33,18 +33,21 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script from a source checkout
+if __package__ in (None, ""):  # run as a script from a source checkout: be training.<module> (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import training  # noqa: E402, F401
+
+    __package__ = "training"
 
 import torch.distributed as dist  # noqa: E402
 
 from napari_refsr.archs.registry import arch_of  # noqa: E402
 from napari_refsr.errors import RefSRError  # noqa: E402
-from training.checkpoints import CheckpointManager, export_training_checkpoint, load_training_checkpoint  # noqa: E402
-from training.config import ARCH_MODEL_KEYS, check_config, load_config, rec_only, set_key  # noqa: E402
-from training.distributed import Dist, init_distributed  # noqa: E402
-from training.resume import latest_intact  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from .checkpoints import CheckpointManager, export_training_checkpoint, load_training_checkpoint  # noqa: E402
+from .config import ARCH_MODEL_KEYS, check_config, load_config, rec_only, set_key  # noqa: E402
+from .distributed import Dist, init_distributed  # noqa: E402
+from .resume import latest_intact  # noqa: E402
+from .trainer import Trainer  # noqa: E402
 
 __all__ = ["main", "parse_args", "build_config"]
 
@@ -57,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="Any config value can be overridden as section.key=value, "
                                        "e.g. loss.adv=0 train.batch=4 data.noise=[0,0.02].")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
-    p.add_argument("--config", help="YAML config (see training/configs/ttsr.yaml, srntt.yaml)")
+    p.add_argument("--config", help="YAML config file, or the name of a shipped one (training/configs: "
+                                    "ttsr, ttsr-rec, srntt, refsr-compact)")
     p.add_argument("--model", choices=sorted(ARCH_MODEL_KEYS),
                    help="network to train (model.arch; default ttsr): each starts from its paper's losses")
     p.add_argument("--data", help="training images: CUFED root or a plain folder (data.train)")

@@ -24,17 +24,17 @@ from napari_refsr.archs.registry import arch_of, build_network
 from napari_refsr.archs.vgg import VGG19Features
 from napari_refsr.errors import RefSRError
 from napari_refsr.files import atomic_write
-from training.checkpoints import (CheckpointManager, export_model, model_config, network_from_checkpoint,
+from .checkpoints import (CheckpointManager, export_model, model_config, network_from_checkpoint,
                                   rng_state, set_rng_state)
-from training.config import check_config, network_config
-from training.data import EpochSampler, build_train_set, eval_items
-from training.distributed import Dist
-from training.evaluate import evaluate_network
-from training.logs import LOG_FIELDS, LOSS_KEYS, VAL_FIELDS, CsvLog, open_tensorboard
-from training.plot import log_interval, plot_curves
-from training.resume import (apply_optimizer_settings, changed_settings, check_changes, describe, epoch_position,
+from .config import check_config, network_config
+from .data import EpochSampler, build_train_set, eval_items
+from .distributed import Dist
+from .evaluate import evaluate_network
+from .logs import LOG_FIELDS, LOSS_KEYS, VAL_FIELDS, CsvLog, open_tensorboard
+from .plot import log_interval, plot_curves
+from .resume import (apply_optimizer_settings, changed_settings, check_changes, describe, epoch_position,
                              fresh_settings)
-from training.losses import (WGANGP, Discriminator, PerceptualLoss, TextureLoss, TransferalPerceptualLoss,
+from .losses import (WGANGP, Discriminator, PerceptualLoss, TextureLoss, TransferalPerceptualLoss,
                              load_vgg19_state, reconstruction_loss)
 
 __all__ = ["Trainer"]

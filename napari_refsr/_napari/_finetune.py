@@ -2,20 +2,18 @@
 
 A thin shell over the project's trainer: the chosen layers (and/or a folder) are checked and
 written as a run's training data (:mod:`training.array_data`: the bottom of each image is held
-out for validation), then ``training/train.py`` runs with reconstruction loss only in a child
-process (:mod:`training.job` says why a process and not a thread). A Qt timer reads the run's
-events: the loss and the validation PSNR (next to bicubic) are plotted live, the progress bar
-follows the steps. Stop lets the run validate, checkpoint and export; Resume continues it from
-its last checkpoint. The exported model is added to every upscale widget's model list at once,
-"Before / after" upscales a held-out layer ↓4 with the starting and the fine-tuned model, and
-"Export bioimage.io" packages the result (:mod:`napari_refsr.zoo`).
-"""
+out for validation), then ``training/train.py`` (installed: ``napari_refsr.training``) runs with
+reconstruction loss only in a child process (:mod:`training.job` says why a process and not a
+thread). A Qt timer reads the run's events: the loss and the validation PSNR (next to bicubic) are
+plotted live, the progress bar follows the steps. Stop lets the run validate, checkpoint and
+export; Resume continues it from its last checkpoint. The exported model is added to every upscale
+widget's model list at once, "Before / after" upscales a held-out layer ↓4 with the starting and
+the fine-tuned model, and "Export bioimage.io" packages the result (:mod:`napari_refsr.zoo`).
+Stacks train plane by plane along the chosen Y and X axes (only valid axes are offered)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ from .. import weights
 from ..archs.registry import arch_of
 from ..errors import RefSRError
 from ..model import DEFAULT_MODEL, load_model
+from ..training_package import training_module
+from . import _axes
 from ._convert import COMPANION_KEY, layer_data, reference_data
 from ._widget import BROWSE, announce_model, image_layers, model_choices
 
@@ -45,17 +45,9 @@ POLL_MS = 250
 
 
 def training_modules():
-    """(training.array_data, training.job), from the installed package or the source checkout
-    this napari-refsr comes from (``training/`` sits next to ``napari_refsr/``)."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        return importlib.import_module("training.array_data"), importlib.import_module("training.job")
-    except ImportError:
-        if not (root / "training" / "trainer.py").is_file():
-            raise RefSRError("fine-tuning needs napari-refsr's training/ folder: install napari-refsr from "
-                             "its source checkout (pip install -e .)") from None
-    sys.path.insert(0, str(root))
-    return importlib.import_module("training.array_data"), importlib.import_module("training.job")
+    """(training.array_data, training.job): the source checkout's or the installed package's
+    (:mod:`napari_refsr.training_package`)."""
+    return training_module("array_data"), training_module("job")
 
 
 def _bicubic_down(hr: np.ndarray) -> np.ndarray:
@@ -81,8 +73,7 @@ def _compare(start: str, tuned: str, hr: np.ndarray, ref: np.ndarray) -> dict[st
     from ..pipeline import upscale
     from ..resize import resize_bicubic
 
-    training_modules()  # makes the training package importable
-    ev = importlib.import_module("training.evaluate")
+    ev = training_module("evaluate")
     hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
     lr = _bicubic_down(hr)
     before = upscale(load_model(start), lr, ref)
@@ -100,6 +91,13 @@ def _compare(start: str, tuned: str, hr: np.ndarray, ref: np.ndarray) -> dict[st
     psnr = {k: ev.psnr_ssim(metric(v), truth)[0] for k, v in (("bicubic", bicubic), ("before", before),
                                                                  ("after", after))}
     return {"lr": lr, "before": before, "after": after, "psnr": psnr}
+
+
+def _plane_shape(layer: Image) -> tuple[int, tuple[int, ...]]:
+    """The number of non-colour axes of a layer's data and their sizes."""
+    shape = tuple(np.shape(layer.data) if not getattr(layer, "multiscale", False) else layer.data[0].shape)
+    shape = shape[:-1] if layer.rgb else shape
+    return len(shape), shape
 
 
 class FineTuneWidget(Container):
@@ -122,6 +120,14 @@ class FineTuneWidget(Container):
         self._reset_history()
 
         self.images = Select(label="Training images", choices=self._image_choices)
+        self.y_axis = ComboBox(label="Stack Y axis", choices=self._y_choices,
+                               tooltip=f"for stacks: the vertical axis (at least {_axes.MIN_AXIS} px); every "
+                                       "plane along the other axes is a training image")
+        self.x_axis = ComboBox(label="Stack X axis", choices=self._x_choices,
+                               tooltip="for stacks: the horizontal axis")
+        self._stack_key: tuple | None = None
+        self._refreshing_axes = False
+        self._last_y: int | None = None
         self.folder = FileEdit(label="…and/or folder", mode="d", value="", nullable=True,
                                tooltip="a folder of HR images to train on as well (optional)")
         self.references = Select(label="References (optional)", choices=self._image_choices,
@@ -155,13 +161,16 @@ class FineTuneWidget(Container):
         runs = Container(layout="horizontal", labels=False,
                          widgets=[self.start_button, self.stop_button, self.resume_button])
         after = Container(layout="horizontal", labels=False, widgets=[self.compare_button, self.export_button])
-        self.extend([self.images, self.folder, self.references, self.model, self.steps, self.lr, self.crop,
-                     self.output, self.advanced, *self._advanced, runs, self.progress, self.status,
+        self.extend([self.images, self.y_axis, self.x_axis, self.folder, self.references, self.model, self.steps,
+                     self.lr, self.crop, self.output, self.advanced, *self._advanced, runs, self.progress, self.status,
                      self.compare_on, after])
         self._build_plot()
         self._show_advanced(False)
+        self._refresh_axes()
 
         self.advanced.changed.connect(self._show_advanced)
+        self.images.changed.connect(self._refresh_axes)
+        self.y_axis.changed.connect(self._on_y_changed)
         self.model.changed.connect(self._on_model_changed)
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
@@ -223,6 +232,87 @@ class FineTuneWidget(Container):
             return
         for w in (self.images, self.references, self.compare_on):
             w.reset_choices()
+        self._refresh_axes()
+
+    # ----------------------------------------------------------------------------- stack axes
+
+    def _stacks(self) -> list[Image]:
+        """The chosen training layers with more than two spatial axes."""
+        return [layer for layer in self.images.value if _plane_shape(layer)[0] > 2]
+
+    def _axis_info(self) -> tuple[tuple[int, ...], tuple[str, ...], list[int]] | None:
+        """The first stack's spatial shape and labels, and the axes every chosen stack of its
+        dimensionality can use as Y or X (None: no stack)."""
+        stacks = self._stacks()
+        if not stacks:
+            return None
+        ndim, shape = _plane_shape(stacks[0])
+        labels = tuple(str(label) for label in stacks[0].axis_labels)[:ndim]
+        allowed = set(_axes.spatial_choices(shape))
+        for layer in stacks[1:]:
+            n, other = _plane_shape(layer)
+            if n == ndim:
+                allowed &= set(_axes.spatial_choices(other))
+        return shape, labels, sorted(allowed)
+
+    def _y_choices(self, _widget=None) -> list[tuple[str, int]]:
+        """Axes long enough to be Y in every chosen stack (a 5-plane Z axis is not offered)."""
+        info = self._axis_info()
+        return [(_axes.axis_name(info[0], info[1], a), a) for a in info[2]] if info else []
+
+    def _x_choices(self, _widget=None) -> list[tuple[str, int]]:
+        y = self.y_axis.value if hasattr(self, "y_axis") else None
+        return [c for c in self._y_choices() if c[1] != y]
+
+    def _refresh_axes(self, *_) -> None:
+        """Y / X follow the chosen stacks (hidden without one); a new set of stacks gets the
+        defaults: the last two axes that are long enough."""
+        stacks = self._stacks()
+        for w in (self.y_axis, self.x_axis):
+            w.visible = bool(stacks)
+        key = tuple(id(layer) for layer in stacks)
+        y, x = self.y_axis.value, self.x_axis.value
+        self._refreshing_axes = True
+        try:
+            self.y_axis.reset_choices()
+            candidates = [a for _, a in self._y_choices()]
+            if key != self._stack_key:
+                self._stack_key = key
+                y, x = (candidates[-2], candidates[-1]) if len(candidates) >= 2 else (None, None)
+            if y in candidates:
+                self.y_axis.value = y
+            self._follow_y(x)
+        finally:
+            self._refreshing_axes = False
+
+    def _follow_y(self, preferred_x: int | None) -> None:
+        self.x_axis.reset_choices()
+        allowed = [a for _, a in self._x_choices()]
+        if allowed:
+            self.x_axis.value = preferred_x if preferred_x in allowed else allowed[-1]
+        self._last_y = self.y_axis.value
+
+    def _on_y_changed(self, *_) -> None:
+        if self._refreshing_axes:
+            return
+        # choosing the current X as Y swaps the two
+        self._follow_y(self._last_y if self.x_axis.value == self.y_axis.value else self.x_axis.value)
+
+    def _stack_yx_last(self, layer: Image, data: np.ndarray) -> np.ndarray:
+        """A stack with the chosen Y and X moved to the end (before the colour axis), as the
+        training data writer reads stacks; RefSRError in the user's terms for a bad choice."""
+        ndim, shape = _plane_shape(layer)
+        if ndim <= 2:
+            return data
+        info = self._axis_info()
+        first = self._stacks()[0]
+        if ndim != len(info[0]):
+            raise RefSRError(f"the stacks {first.name!r} and {layer.name!r} have different numbers of axes "
+                             f"({len(info[0])} and {ndim}); one Y / X choice fits both only when they match: "
+                             "train them in separate runs")
+        labels = tuple(str(label) for label in layer.axis_labels)[:ndim]
+        _axes.check_axes(shape, labels, self.y_axis.value, self.x_axis.value, None, layer.name)
+        return np.moveaxis(data, (self.y_axis.value, self.x_axis.value), (ndim - 2, ndim - 1))
 
     # ----------------------------------------------------------------------------- running
 
@@ -241,7 +331,7 @@ class FineTuneWidget(Container):
 
         out = []
         for layer in self.images.value:
-            data = np.asarray(layer_data(layer, "training"))
+            data = self._stack_yx_last(layer, np.asarray(layer_data(layer, "training")))
             out.append(array_data.ArrayImage(layer.name, data, bool(layer.rgb)))
         folder = self.folder.value
         if folder not in (None, "") and str(folder) not in ("", "."):
@@ -263,8 +353,7 @@ class FineTuneWidget(Container):
         path = weights.fetch(model) if spec is not None else Path(model)  # packaged: no download
         return arch_of(weights.read_checkpoint(path).config)
 
-    def _argv(self, data_overrides: dict, model: str, resume: bool) -> list[str]:
-        arch = self._arch(model)
+    def _argv(self, data_overrides: dict, model: str, arch: str, resume: bool) -> list[str]:
         out = self.run_folder
         argv = ["--out", str(out), "--init", model, "--model", arch, "--rec-only", "--steps", str(self.steps.value),
                 "--batch", str(self.batch.value), "--device", str(self.device.value),
@@ -294,6 +383,7 @@ class FineTuneWidget(Container):
             model = self.model.value
             if model in (None, BROWSE):
                 raise RefSRError("choose the model to start from")
+            arch = self._arch(model)  # reads a checkpoint file's header: a bad file stops here
             out = self.run_folder
             has_run = any((out / "checkpoints").glob("*.pt"))
             if resume:
@@ -314,7 +404,7 @@ class FineTuneWidget(Container):
                     show_info("no image is tall enough to hold out a validation strip: training without "
                               "validation PSNR")
                 self._reset_history()
-            argv = self._argv(data, model, resume)
+            argv = self._argv(data, model, arch, resume)
         except RefSRError as err:
             self._set_status(f"error: {err}")
             show_error(str(err))

@@ -98,12 +98,41 @@ def test_package_validates_and_passes_bioimageio_core_test(tiny_package):
     out_y = descr.outputs[0].axes[2]
     assert (out_y.size.tensor_id, out_y.scale, out_y.halo) == ("lr", 0.25, zoo.HALO * 4)
     assert descr.license == "MIT" and len(descr.cite) == 2 and descr.covers
-    assert descr.weights.pytorch_state_dict is not None and descr.weights.torchscript is None
-    summary = test_model(package)
-    assert summary.status == "passed", summary.format()
-    names = [d.name for d in summary.details if d.status == "passed"]
-    assert any("Reproduce test outputs" in n for n in names)
-    assert sum("inference for inputs" in n for n in names) == 6  # batch 1, 2 × n = 0, 1, 2
+    assert descr.weights.pytorch_state_dict is not None and descr.weights.torchscript is not None
+    assert descr.weights.torchscript.parent == "pytorch_state_dict"
+    for weight_format in ("pytorch_state_dict", "torchscript"):
+        summary = test_model(package, weight_format=weight_format)
+        assert summary.status == "passed", summary.format()
+        names = [d.name for d in summary.details if d.status == "passed"]
+        assert any("Reproduce test outputs" in n for n in names), weight_format
+        assert sum("inference for inputs" in n for n in names) == 6, weight_format  # batch 1, 2 × n = 0, 1, 2
+
+
+def test_torchscript_weights_run_without_python_sources(tiny_package, tmp_path):
+    """The package's TorchScript file runs with torch alone (no napari-refsr, no architecture
+    source) at sizes and a batch it was not traced with, and computes the state-dict network's output."""
+    from conftest import tiny_network
+
+    from napari_refsr.archs.two_input import TwoInputSR
+
+    _, package = tiny_package
+    (tmp_path / "ts.pt").write_bytes(zipfile.ZipFile(package).read("weights_torchscript.pt"))
+    g = torch.Generator().manual_seed(1)
+    lr, ref = torch.rand(2, 3, 28, 44, generator=g), torch.rand(2, 3, 70, 58, generator=g)
+    torch.save({"lr": lr, "ref": ref}, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(TwoInputSR(tiny_network(3)).eval()(lr, ref), tmp_path / "y.pt")
+    res = _run_blocked({"napari_refsr", "skimage", "napari", "bioimageio"}, f"""
+        import torch
+        net = torch.jit.load({str(tmp_path / 'ts.pt')!r})
+        x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)
+        with torch.no_grad():
+            out = net(x["lr"], x["ref"])
+        print("shape", tuple(out.shape), "maxdiff", float((out - torch.load({str(tmp_path / 'y.pt')!r})).abs().max()))
+    """)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "shape (2, 3, 112, 176)" in res.stdout
+    assert float(res.stdout.split("maxdiff")[1]) < 1e-5
 
 
 def test_consumer_prediction_equals_napari_refsr(tiny_package, held_out_pairs):

@@ -148,7 +148,50 @@ def test_killed_training_process_is_reported(make_napari_viewer, qtbot, tmp_path
     assert widget.start_button.enabled and viewer.layers  # napari is still up and usable
 
 
-@pytest.mark.parametrize("case", ["too small", "mixed channels", "no layers"])
+def test_stack_axes_and_a_folder_train_together(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint, errors):
+    from napari_refsr.imageio import read_image, write_image
+    from training.array_data import MIN_VAL
+
+    viewer = make_napari_viewer()
+    cam = data.camera()
+    # a (Y, Z, X) stack: Z is only 3 planes, so it is never offered as Y or X
+    stack = np.stack([cam[:96, :128], cam[100:196, :128], cam[200:296, :128]], axis=1)
+    layer = viewer.add_image(stack, name="yzx stack", axis_labels=("y", "z", "x"))
+    plain = viewer.add_image(cam[300:396, 300:428], name="plain")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_image(folder / "f1.png", cam[400:496, :96])
+    write_image(folder / "f2.tif", cam[400:496, 200:296])
+    (folder / "notes.txt").write_text("not an image")
+    widget = _finetune_widget(viewer, tmp_path, tiny_checkpoint, steps=1)
+
+    shown = lambda w: not w.native.isHidden()  # noqa: E731 - the viewer's window is not on screen
+    widget.images.value = [plain]  # no stack: no axis choice shown
+    assert not shown(widget.y_axis) and not shown(widget.x_axis)
+    widget.images.value = [layer]
+    assert shown(widget.y_axis) and shown(widget.x_axis)
+    assert widget.y_axis.choices == (0, 2) and widget.x_axis.choices == (2,)  # only axes long enough
+    assert widget.y_axis.native.itemText(0) == "y (axis 0, 96 px)"
+    assert (widget.y_axis.value, widget.x_axis.value) == (0, 2)  # default: the last two valid axes
+    widget.y_axis.value = 2  # choosing X as Y swaps them
+    assert (widget.y_axis.value, widget.x_axis.value) == (2, 0)
+    widget.y_axis.value = 0
+    assert (widget.y_axis.value, widget.x_axis.value) == (0, 2)
+
+    widget.folder.value = str(folder)
+    widget.start()
+    _wait(qtbot, widget)
+    assert errors == [] and widget.last_outcome == "done", widget.status.value
+    train = tmp_path / "run" / "data" / "train"
+    assert sorted(p.name for p in train.iterdir()) == ["000_yzx_stack_0000.tif", "000_yzx_stack_0001.tif",
+                                                       "000_yzx_stack_0002.tif", "001_f1.tif", "002_f2.tif"]
+    np.testing.assert_array_equal(read_image(train / "000_yzx_stack_0001.tif"), stack[: 96 - MIN_VAL, 1, :])
+    np.testing.assert_array_equal(read_image(train / "002_f2.tif"), cam[400:496 - MIN_VAL, 200:296])
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("case", ["too small", "mixed channels", "no layers", "missing folder",
+                                  "stacks of different axes"])
 def test_bad_training_data_is_refused_before_start(make_napari_viewer, tmp_path, tiny_checkpoint, errors, case):
     viewer = make_napari_viewer()
     widget = _finetune_widget(viewer, tmp_path, tiny_checkpoint)
@@ -161,6 +204,14 @@ def test_bad_training_data_is_refused_before_start(make_napari_viewer, tmp_path,
         rgb = np.stack([cam[:160, :160]] * 3, axis=-1)
         widget.images.value = [viewer.add_image(cam[:160, :160], name="gray"), viewer.add_image(rgb, name="colour")]
         expected = "mix grayscale and colour"
+    elif case == "missing folder":
+        widget.folder.value = str(tmp_path / "nowhere")
+        expected = "does not exist"
+    elif case == "stacks of different axes":
+        a = viewer.add_image(np.zeros((2, 96, 96), np.uint8), name="zyx")
+        b = viewer.add_image(np.zeros((2, 2, 96, 96), np.uint8), name="tzyx")
+        widget.images.value = [a, b]
+        expected = "different numbers of axes"
     else:
         expected = "at least one training image"
     widget.start()
