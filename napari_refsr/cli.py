@@ -46,6 +46,7 @@ from .errors import Cancelled, RefSRError
 from .large.paths import DEFAULT_CHUNK, is_zarr_path
 from .normalize import MIN_SIZE, check_image
 from .paths import check_no_clash
+from .phases import PHASES
 from .pipeline import MIN_REF
 from .weights import pins
 
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="auto", metavar="D",
                     help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     up.add_argument("--half", action="store_true", help="half precision on CUDA (faster, less memory)")
+    up.add_argument("--phases", type=int, choices=PHASES, default=None,
+                    help="also search the references at sub-LR-pixel offsets: 2 or 4 copies per axis (×4 or "
+                         "×16 search time and reference memory) for references shifted by a few pixels; "
+                         "default: the model's own setting (1 = the published search)")
     up.add_argument("--confidence", metavar="CONF", default=None,
                     help="also write the confidence map S at output size (TIFF: raw float32; "
                          "PNG/JPEG: an 8-bit picture, white = perfect match)")
@@ -247,7 +252,7 @@ def _cmd_upscale_large(args: argparse.Namespace, show_bar: bool) -> int:
     try:
         out = upscale_file(model, args.lr, refs, args.output, channels=args.channels, scheduler_spec=args.scheduler,
                            workers=args.workers, chunk=args.chunk, tile=args.tile, device=args.device,
-                           progress=bar)
+                           phases=args.phases, progress=bar)
     finally:
         bar.close()
     if not args.quiet:
@@ -286,7 +291,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     bar = _Progress(show_bar)
     try:
         result = upscale_nd(model, lr, refs, spatial_axes=spatial, channel_axis=channel_axis,
-                            tile=args.tile, device=args.device, progress=bar)
+                            tile=args.tile, device=args.device, phases=args.phases, progress=bar)
     finally:
         bar.close()
 

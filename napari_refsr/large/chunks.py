@@ -125,6 +125,7 @@ def upscale_dask(
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     search_budget: int = DEFAULT_BUDGET,
     client: Any = "active",
+    phases: int | None = None,
 ) -> da.Array:
     """``upscale_nd``'s image, as a lazy dask array: ``data`` (a dask array, zarr array or anything
     ``dask.array.asarray`` takes) is processed in ``chunk``×``chunk`` LR chunks with halos. Writing
@@ -158,7 +159,8 @@ def upscale_dask(
                                                                       scheduler="threads" if client is None else client)
     colour = ca is not None and arr.shape[ca] >= 3
     options = dict(colour=colour, value_range=window, ref_range=value_range, tile=tile, overlap=overlap,
-                   device=device, half=half, percentiles=percentiles, search_budget=search_budget)
+                   device=device, half=half, percentiles=percentiles, search_budget=search_budget,
+                   phases=phases)
     job = Job(model, [np.asarray(r) for r in (refs if isinstance(refs, (list, tuple)) else [refs])], options)
     job.upscaler()  # checks the references now; the threaded scheduler reuses this one
 
