@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the CLI's parser imports PHASES without torch
     import torch
 
 __all__ = ["PHASES", "DEFAULT_PHASE_MEMORY", "check_phases", "phase_offsets", "phase_views", "feature_bytes",
-           "affordable_phases"]
+           "affordable_phases", "resolve_phases"]
 
 PHASES = (1, 2, 4)  # per axis: offsets of 4/phases px between the searched copies
 DEFAULT_PHASE_MEMORY = 3 * 2**30  # bytes of reference features a network's default phases may take
@@ -72,3 +72,11 @@ def affordable_phases(phases: int, sizes, limit: int = DEFAULT_PHASE_MEMORY, ele
     while phases > 1 and feature_bytes(sizes, phases, element_bytes) > limit:
         phases //= 2
     return phases
+
+
+def resolve_phases(phases: int | None, network, sizes, element_bytes: int = 4) -> int:
+    """The phases a run searches: ``phases`` if given, else the network's own setting
+    (``network.search_phases``) reduced to what fits in memory for references of ``sizes``."""
+    if phases is not None:
+        return check_phases(phases)
+    return affordable_phases(network.search_phases, sizes, element_bytes=element_bytes)

@@ -24,7 +24,7 @@ from .model import RefSRModel
 from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore, to_net
 from .options import MIN_SEARCH_BUDGET, MIN_TILE, check_callback, check_overlap, check_percentiles
 from .options import check_search_budget, check_tile, check_value_range, resolve_model
-from .phases import affordable_phases, check_phases, phase_views
+from .phases import check_phases, phase_views, resolve_phases
 from .resize import down_up, resize_bicubic
 from .search import DEFAULT_BUDGET, decode_index
 from .tiling import Blender, Tile, intersects, plan_tiles
@@ -67,10 +67,8 @@ class _Engine:
         self.dtype = torch.float16 if self.model.half else torch.float32
         self.net = self.model.network
         self.budget = budget  # the search's scratch bytes, passed with every call (the network is shared)
-        if phases is None:  # the network's preference, within memory (napari_refsr.phases)
-            sizes = [tuple(p.pixels.shape[1:]) for p in refs]
-            phases = affordable_phases(self.net.search_phases, sizes, element_bytes=2 if self.model.half else 4)
-        self.phases = check_phases(phases)
+        self.phases = resolve_phases(phases, self.net, [tuple(p.pixels.shape[1:]) for p in refs],
+                                     element_bytes=2 if self.model.half else 4)
         ref_t, ref_du = [], []
         self.ref_shapes = []  # key grid of each searched copy
         self.ref_origins = []  # (reference number, dy, dx) of each searched copy (napari_refsr.phases)
@@ -371,7 +369,7 @@ class RegionUpscaler:
             raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
         prepared = _prepare_refs(refs, not colour, percentiles, ref_range)
         self.engine = _encode(model, prepared, None if device is None else choose_device(device), half,
-                              int(search_budget), None if phases is None else check_phases(phases))
+                              int(search_budget), phases)
         self.tile, self.overlap = int(tile), int(overlap)
         self.value_range, self.percentiles = value_range, percentiles
         self.context = region_context(tile)

@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script from a source checkout: be trai
 
 from napari_refsr.errors import RefSRError  # noqa: E402
 from napari_refsr.normalize import from_net, to_net  # noqa: E402
-from napari_refsr.phases import PHASES, phase_views  # noqa: E402
+from napari_refsr.phases import PHASES, phase_views, resolve_phases  # noqa: E402
 from .data import EvalItem, eval_items  # noqa: E402
 
 __all__ = ["metric_image", "psnr_ssim", "evaluate_network", "load_network", "main"]
@@ -95,7 +95,7 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
     rows = []
     try:
         for item in items:
-            n_phases = 1 if network is None else (network.search_phases if phases is None else phases)
+            n_phases = 1 if network is None else resolve_phases(phases, network, [r.shape[-2:] for r in item.refs])
             x = item.inputs(n_phases)
             hr = metric_image(x["hr"][0], quantize=item.quantize, gray=item.gray)
             bic = metric_image(x["lr_up"][0], quantize=item.quantize, gray=item.gray)
@@ -249,7 +249,7 @@ def reference_figure(network: torch.nn.Module, item: EvalItem, path: str | Path,
     1) / HR, over ``box`` (y, x, h, w in HR pixels; default: the whole image)."""
     from .plot import plot_panels
 
-    phases = network.search_phases if phases is None else phases
+    phases = resolve_phases(phases, network, [r.shape[-2:] for r in item.refs])
     x = item.inputs(phases)
     with torch.no_grad():
         network.eval()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import napari_refsr as rs
-from napari_refsr.archs.ttsr import TTSRConfig
+from napari_refsr.archs.ttsr import TTSR, TTSRConfig
 from napari_refsr.errors import RefSRError
-from napari_refsr.phases import affordable_phases, feature_bytes, phase_offsets, phase_views
+from napari_refsr.phases import affordable_phases, feature_bytes, phase_offsets, phase_views, resolve_phases
 from napari_refsr.resize import resize_uint8
 
 OFFSET = (6, 10)  # where the HR lies in the reference: 2 px off the ×4 grid on both axes
@@ -78,3 +78,8 @@ def test_a_default_that_would_not_fit_in_memory_is_reduced():
     assert affordable_phases(4, mega) == 2  # 16 copies would need about 8.6 GB; 4 copies 2.1 GB
     assert affordable_phases(4, [(4096, 4096)]) == 1
     assert affordable_phases(4, mega, limit=10 * 2**30) == 4
+    network = TTSR(TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1), search_phases=4))
+    assert resolve_phases(None, network, small) == 4 and resolve_phases(None, network, mega) == 2
+    assert resolve_phases(4, network, mega) == 4  # asked for explicitly: not reduced
+    with pytest.raises(RefSRError, match="phases must be one of"):
+        resolve_phases(3, network, small)
