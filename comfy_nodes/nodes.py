@@ -24,6 +24,7 @@ from comfy_api.latest import ComfyExtension, io
 try:
     from napari_refsr import (DEFAULT_MODEL, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE, RefSRError, RefSRModel,
                               load_model, weights)
+    from napari_refsr.phases import feature_bytes, resolve_phases
 except ImportError as _err:  # the core's packages are missing from ComfyUI's Python
     _requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")
     raise ImportError(
@@ -110,13 +111,13 @@ def _batch(tensor, what: str) -> np.ndarray:
 
 def _memory_estimate(model: RefSRModel, lr: np.ndarray, refs: list[np.ndarray], tile: int) -> int:
     """Rough bytes a run needs on the device, for ComfyUI to unload other models first: the weights,
-    the encoded references (VGG levels 1-3: 64 + 128/4 + 256/16 float32 channels per reference
-    pixel, for Ref and Ref↓↑), one tile's activations at ×4 (~8 live 64-channel maps) and the
-    texture search's scratch budget."""
+    the encoded references with their phase copies (:func:`napari_refsr.phases.feature_bytes`), one
+    tile's activations at ×4 (~8 live 64-channel maps) and the texture search's scratch budget."""
     weights_bytes = sum(p.numel() * p.element_size() for p in model.network.parameters())
-    ref_pixels = sum(r.shape[0] * r.shape[1] for r in refs)
+    sizes = [(r.shape[0], r.shape[1]) for r in refs]
+    ref_bytes = feature_bytes(sizes, resolve_phases(None, model.network, sizes))
     tile_pixels = min(tile, lr.shape[1]) * min(tile, lr.shape[2]) * 16
-    return int(weights_bytes + ref_pixels * 112 * 4 * 2 + tile_pixels * 64 * 4 * 8 + DEFAULT_SEARCH_BUDGET)
+    return int(weights_bytes + ref_bytes + tile_pixels * 64 * 4 * 8 + DEFAULT_SEARCH_BUDGET)
 
 
 class RefSRUpscale(io.ComfyNode):

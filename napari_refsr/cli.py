@@ -44,6 +44,7 @@ from .defaults import DEFAULT_MODEL, DEFAULT_TILE
 from .errors import Cancelled, RefSRError
 from .large.paths import DEFAULT_CHUNK, is_zarr_path
 from .paths import check_no_clash
+from .phases import PHASES
 
 if TYPE_CHECKING:  # the parser stays free of heavy imports: torch, numpy and the core load per command
     import numpy as np
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="auto", metavar="D",
                     help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     up.add_argument("--half", action="store_true", help="half precision on CUDA (faster, less memory)")
+    up.add_argument("--phases", type=int, choices=PHASES, default=None,
+                    help="also search the references at sub-LR-pixel offsets: 2 or 4 copies per axis (×4 or "
+                         "×16 search time and reference memory) for references shifted by a few pixels; "
+                         "default: the model's own setting (1 = the published search)")
     up.add_argument("--confidence", metavar="CONF", default=None,
                     help="also write the confidence map S at output size (TIFF: raw float32; "
                          "PNG/JPEG: an 8-bit picture, white = perfect match)")
@@ -241,6 +246,8 @@ class _Progress:
         if self.bar.total != total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)
+        if done >= total:  # the last step is drawn even inside tqdm's redraw interval
+            self.bar.refresh()
 
     def chunks(self, done: int, total: int) -> None:
         """``progress(done, total)`` over the chunks of an out-of-core run."""
@@ -290,7 +297,7 @@ def _cmd_upscale_large(args: argparse.Namespace, report: _Progress) -> int:
         report.say(f"opening {args.lr}")
         out = upscale_file(model, args.lr, refs, args.output, channels=args.channels, scheduler_spec=args.scheduler,
                            workers=args.workers, chunk=args.chunk, tile=args.tile, device=args.device,
-                           progress=report.chunks)
+                           phases=args.phases, progress=report.chunks)
     finally:
         report.close()
     if not args.quiet:
@@ -339,7 +346,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
         result = upscale_nd(model, lr, refs, spatial_axes=spatial, channel_axis=channel_axis,
-                            tile=args.tile, device=args.device, phase=report)
+                            tile=args.tile, device=args.device, phases=args.phases, phase=report)
     finally:
         report.close()
 

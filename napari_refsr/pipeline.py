@@ -37,6 +37,7 @@ from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare,
 from .options import MIN_SEARCH_BUDGET, check_callback, check_overlap, check_percentiles
 from .options import check_search_budget, check_tile, check_value_range, resolve_model
 from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Tracker
+from .phases import check_phases, phase_views, resolve_phases
 from .resize import down_up, resize_bicubic
 from .search import decode_index
 from .shift_search import count_steps, plan_steps, prepare_keys
@@ -83,23 +84,25 @@ def _lr_and_up(lr: Prepared, t: Tile, device, dtype, margin: int = _LR_MARGIN) -
     up_t = to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(dtype)
     return lr_t, up_t
 
-
 class _Engine:
     """The network on its device with the reference set encoded once; searches cells, runs tiles."""
 
-    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half):
+    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half, phases: int | None = None):
         self.model = model.to(device if device is not None else model.device, half)
         self.device = self.model.device
         self.dtype = torch.float16 if self.model.half else torch.float32
         self.net = self.model.network
+        self.phases = resolve_phases(phases, self.net, [tuple(p.pixels.shape[1:]) for p in refs],
+                                     element_bytes=2 if self.model.half else 4)
         ref_t, ref_du = [], []
-        self.ref_shapes = []
-        for p in refs:
-            h, w = (p.pixels.shape[1] // 4) * 4, (p.pixels.shape[2] // 4) * 4
-            pix = p.pixels[:, :h, :w].to(self.device, torch.float32)
-            ref_t.append(to_net(pix)[None].to(self.dtype))
-            ref_du.append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
-            self.ref_shapes.append((h // 4, w // 4))
+        self.ref_shapes = []  # key grid of each searched copy
+        self.ref_origins = []  # (reference number, dy, dx) of each searched copy (napari_refsr.phases)
+        for n, p in enumerate(refs):
+            for pix, (dy, dx) in phase_views(p.pixels.to(self.device, torch.float32), self.phases):
+                ref_t.append(to_net(pix)[None].to(self.dtype))
+                ref_du.append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
+                self.ref_shapes.append((pix.shape[1] // 4, pix.shape[2] // 4))
+                self.ref_origins.append((n, dy, dx))
         with torch.inference_mode():
             self.bank = self.net.encode_references(ref_t, ref_du)[0]
         # float32 products unless the model runs in half; the keys' padding and norms made once
@@ -227,11 +230,13 @@ def _blend_tiles(engine: _Engine, lr: Prepared, window: Window, tile: int, overl
     return np.moveaxis(blend.result("sr"), -1, 0)
 
 
-def _source_map(index: np.ndarray, shapes) -> np.ndarray:
+def _source_map(index: np.ndarray, engine: _Engine) -> np.ndarray:
     """Hard-attention indices → (H, W, 3): reference number, and the centre of the matched 4×4
-    block in reference pixels (row, column)."""
-    decoded = decode_index(index, shapes)
-    decoded[..., 1:] = decoded[..., 1:] * 4 + 2
+    block in reference pixels (row, column) — phase copies map back to their reference."""
+    decoded = decode_index(index, engine.ref_shapes)
+    origins = np.asarray(engine.ref_origins, dtype=np.int64)[decoded[..., 0]]
+    decoded[..., 0] = origins[..., 0]
+    decoded[..., 1:] = decoded[..., 1:] * 4 + 2 + origins[..., 1:]
     return decoded.astype(np.int32)
 
 
@@ -243,22 +248,24 @@ def _check_finite_output(sr: np.ndarray, engine: _Engine) -> None:
                          f"(damaged or overflowing weights){hint}")
 
 
-def _encode(model, refs, device, half) -> _Engine:
+def _encode(model, refs, device, half, phases=None) -> _Engine:
     """The engine with the reference set encoded; out-of-memory becomes advice."""
     try:
-        return _Engine(model, refs, device, half)
+        return _Engine(model, refs, device, half, phases)
     except Exception as err:  # noqa: BLE001 - re-raised with advice
         if is_out_of_memory(err):
             raise RefSRError("out of memory while encoding the reference images; use smaller "
-                             "references, fewer of them, or device 'cpu'") from err
+                             "references, fewer of them, fewer phases, or device 'cpu'") from err
         raise
 
 
 class _Runner:
     """Runs slices with a shared engine, progress phases, cancel and out-of-memory retries."""
 
-    def __init__(self, model, refs, *, tile, overlap, device, half, budget, tracker: Tracker, total_slices):
+    def __init__(self, model, refs, *, tile, overlap, device, half, budget, tracker: Tracker, total_slices,
+                 phases=None):
         self.args = (model, refs, device, half)
+        self.phases = phases
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(budget)
         self.tracker = tracker
         self.total_slices = total_slices
@@ -275,7 +282,7 @@ class _Runner:
         """Encode the references (one step) and plan every slice's steps (all slices are alike)."""
         self.tracker.add(1)
         self.tracker.start(ENCODING, 1)
-        self.engine = _encode(*self.args)
+        self.engine = _encode(*self.args, self.phases)
         self.tracker.add(self.total_slices * sum(self._steps(lr)))
         self.tracker.step()
         return self.engine
@@ -355,9 +362,13 @@ def upscale_nd(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     phase: Phase | None = None,
+    phases: int | None = None,
 ) -> UpscaleResult:
     """Upscale every 2D slice of ``data`` (Y, X = ``spatial_axes``; channels on ``channel_axis``)
     against one reference set. Other axes (Z, T, …) are looped over and kept.
+
+    ``phases``: reference copies per axis searched at sub-LR-pixel offsets
+    (:mod:`napari_refsr.phases`; None = the network's own setting, 1 = the published search).
 
     For non-uint8 data one intensity window (percentiles of the whole array) serves every slice,
     so a stack stays consistent. ``device=None`` keeps the model where it is; "auto" picks one.
@@ -369,6 +380,7 @@ def upscale_nd(
     percentiles = check_percentiles(percentiles)
     value_range = check_value_range(value_range)
     search_budget = check_search_budget(search_budget)
+    phases = None if phases is None else check_phases(phases)
     progress, cancel = check_callback(progress, "progress"), check_callback(cancel, "cancel")
     phase = check_callback(phase, "phase")
     if data is None:
@@ -396,11 +408,11 @@ def upscale_nd(
         if runner is None:
             prepared_refs = _prepare_refs(refs, lr.channels in (0, 1), percentiles, user_range)
             runner = _Runner(model, prepared_refs, tile=tile, overlap=overlap, device=device, half=half,
-                             budget=search_budget, tracker=tracker, total_slices=n_slices)
+                             budget=search_budget, tracker=tracker, total_slices=n_slices, phases=phases)
         sr, s, index = runner.slice(lr)
         images.append(restore(sr, lr))
         confs.append(upsample_confidence(s, 4))
-        sources.append(_source_map(index, runner.engine.ref_shapes))
+        sources.append(_source_map(index, runner.engine))
     out_img = np.stack(images).reshape(loop_shape + images[0].shape)
     out_conf = np.stack(confs).reshape(loop_shape + confs[0].shape)
     out_src = np.stack(sources).reshape(loop_shape + sources[0].shape)
@@ -459,11 +471,12 @@ class RegionUpscaler:
                  ref_range: tuple[float, float] | None = None, tile: int = DEFAULT_TILE,
                  overlap: int = DEFAULT_OVERLAP, device: str | torch.device | None = None,
                  half: bool | None = None, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-                 search_budget: int = DEFAULT_SEARCH_BUDGET):
+                 search_budget: int = DEFAULT_SEARCH_BUDGET, phases: int | None = None):
         if tile < MIN_TILE:
             raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
         prepared = _prepare_refs(refs, not colour, percentiles, ref_range)
-        self.engine = _encode(model, prepared, None if device is None else choose_device(device), half)
+        self.engine = _encode(model, prepared, None if device is None else choose_device(device), half,
+                              phases)
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(search_budget)
         self.value_range, self.percentiles = value_range, percentiles
         self.context = region_context(tile)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .shift_search import DEFAULT_BUDGET, EPS, search, search_padded
+from .shift_search import DEFAULT_BUDGET, EPS, patch_norms, search, search_padded
 
-__all__ = ["search", "search_padded", "transfer", "relevance", "decode_index", "DEFAULT_BUDGET", "EPS"]
+__all__ = ["search", "search_padded", "patch_norms", "transfer", "relevance", "decode_index", "DEFAULT_BUDGET", "EPS"]
 
 
 def _shift_tables(shapes: Sequence[tuple[int, int]], scale: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,10 +35,10 @@ EPS = 1e-12  # the eps of torch.nn.functional.normalize, used by the reference
 BLOCK_ELEMENTS = 1 << 22  # scores per step on a CPU (16 MB buffers); CUDA takes bigger steps
 CUDA_BLOCK_ELEMENTS = 1 << 26
 
-__all__ = ["search", "search_padded", "plan_steps", "count_steps", "prepare_keys", "KeySet", "DEFAULT_BUDGET", "EPS"]
+__all__ = ["search", "search_padded", "patch_norms", "plan_steps", "count_steps", "prepare_keys", "KeySet", "DEFAULT_BUDGET", "EPS"]
 
 
-def _patch_norms(padded: torch.Tensor, patch: int) -> torch.Tensor:
+def patch_norms(padded: torch.Tensor, patch: int) -> torch.Tensor:
     """L2 norm of every k×k×C patch of an already padded (C, H+k-1, W+k-1) map: (H, W), float32."""
     sq = padded.float().pow(2).sum(0)[None, None]
     return F.avg_pool2d(sq, patch, stride=1, divisor_override=1)[0, 0].sqrt()
@@ -75,7 +75,7 @@ def prepare_keys(keys: Sequence[torch.Tensor], *, patch: int = 3,
     prepared = []
     for key in keys:
         k_pad = F.pad(key, (r, r, r, r))
-        inv_norm = 1.0 / _patch_norms(k_pad, patch).clamp_min(EPS)
+        inv_norm = 1.0 / patch_norms(k_pad, patch).clamp_min(EPS)
         scale = float(key.abs().amax().clamp_min(EPS)) if low else 1.0
         op = (k_pad.float() / scale).to(dtype) if low else k_pad.float().contiguous()
         prepared.append(_Key(op, inv_norm, scale))
@@ -189,7 +189,7 @@ def search_padded(
     q_scale = float(q_pad.abs().amax().clamp_min(EPS)) if low else 1.0
     q_op = (q_pad.float() / q_scale).to(dtype) if low else q_pad.float()
     q_flat = q_op.reshape(c, -1).t()  # (Hp·Wp, C): query pixels as rows
-    q_norm = _patch_norms(q_pad, patch) if normalize_query else None
+    q_norm = patch_norms(q_pad, patch) if normalize_query else None
 
     best = torch.full((h, w), -math.inf, device=dev, dtype=torch.float32)
     best_idx = torch.zeros((h, w), dtype=torch.long, device=dev)

@@ -232,6 +232,13 @@ def _licence(model, licence: str | None) -> str:
     return spec.licence.split()[0] if spec is not None else "MIT"
 
 
+def _packaged_config(model) -> dict:
+    """The architecture a package holds. Its two-input wrapper (and the TorchScript) searches each
+    reference once, as published TTSR does (no phase copies, :mod:`napari_refsr.phases`), so the
+    config says so and ``load_model(PACKAGE.zip)`` reproduces the package's test outputs."""
+    return {**model.config, "search_phases": 1} if "search_phases" in model.config else dict(model.config)
+
+
 def export_bioimageio(
     source,
     output: str | Path,
@@ -273,6 +280,7 @@ def export_bioimageio(
     model = source if isinstance(source, RefSRModel) else load_model(source, device="cpu")
     arch = model.config.get("arch", "ttsr")
     config_cls, net_cls = architecture(arch).config_cls, architecture(arch).network_cls
+    packaged = _packaged_config(model)
     name = name or re.sub(r"[^A-Za-z0-9_+\- ()]", "-", f"napari-refsr {Path(model.name).stem}")
 
     hr = None
@@ -291,7 +299,7 @@ def export_bioimageio(
 
     # the expected output: napari-refsr's pipeline (one tile), in the LR's [0, 1] window
     cpu_model = model.to("cpu", half=False)
-    result = upscale_detailed(cpu_model, lr, ref, device="cpu", tile=max(lr.shape[:2]))
+    result = upscale_detailed(cpu_model, lr, ref, device="cpu", tile=max(lr.shape[:2]), phases=1)
     lo, hi = intensity_window(lr, PERCENTILES)
     sr = ((result.image.astype(np.float32) - lo) / (hi - lo)).astype(np.float32)
     psnr = None
@@ -301,7 +309,7 @@ def export_bioimageio(
         bicubic = np.moveaxis(bicubic, 0, -1).reshape(sr.shape)
         psnr = (_psnr(bicubic, hr), _psnr(np.clip(sr, 0, 1), hr))
 
-    wrapper = TwoInputSR(net_cls(config_cls(**model.config)), channels)
+    wrapper = TwoInputSR(net_cls(config_cls(**packaged)), channels)
     wrapper.network.load_state_dict(cpu_model.network.state_dict())
 
     with tempfile.TemporaryDirectory(prefix="refsr-bioimageio-") as tmp:
@@ -344,7 +352,10 @@ def _write_torchscript(wrapper, channels: int, test: tuple[np.ndarray, np.ndarra
     lr, ref = (torch.from_numpy(_to_bioimageio(a)) for a in test)
     with torch.no_grad():
         expected, got = wrapper(lr, ref), scripted(lr, ref)
-    if got.shape != expected.shape or float((got - expected).abs().max()) > 1e-5:
+    # the scripted search is the dense formulation, the network's the shift-sum one: equal up to
+    # float rounding, which on near-tied patches can pick another, equally good one (measured:
+    # 3.8e-5 on 0.2 % of a flat grayscale test image); bioimage.io's own test allows 1e-3
+    if got.shape != expected.shape or float((got - expected).abs().max()) > 1e-4:
         raise RefSRError("the TorchScript module does not reproduce the network's output; export with "
                          "torchscript=False")
     with warnings.catch_warnings():  # deprecated in torch >= 2.9; what Java/C++ consumers read
@@ -403,7 +414,7 @@ def _describe(v0_5, d: Path, model, name: str, channels: int, authors, licence: 
                 source=d / "weights.pt",
                 architecture=v0_5.ArchitectureFromFileDescr(
                     source=d / "refsr_architecture.py", callable=entry_point,
-                    kwargs={"config": dict(model.config), "channels": channels}),
+                    kwargs={"config": _packaged_config(model), "channels": channels}),
                 pytorch_version=torch_version),
             torchscript=v0_5.TorchscriptWeightsDescr(source=d / "weights_torchscript.pt", parent="pytorch_state_dict",
                                                      pytorch_version=torch_version) if torchscript else None)
@@ -419,7 +430,7 @@ def _describe(v0_5, d: Path, model, name: str, channels: int, authors, licence: 
             covers=[v0_5.FileDescr(source=d / "cover.png")],
             tags=["super-resolution", "reference-based", arch, "2d", "pytorch", "napari-refsr"],
             inputs=inputs, outputs=outputs, weights=weights,
-            config=v0_5.Config(napari_refsr={"config": dict(model.config), "meta": dict(model.meta or {}),
+            config=v0_5.Config(napari_refsr={"config": _packaged_config(model), "meta": dict(model.meta or {}),
                                              "source": model.name, "channels": channels,
                                              "exported_with": f"bioimageio.spec {bioimageio.spec.__version__}"}),
         )

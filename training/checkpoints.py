@@ -22,6 +22,7 @@ from napari_refsr import weights
 from napari_refsr.archs.registry import build_network
 from napari_refsr.errors import RefSRError
 from napari_refsr.files import atomic_write, fsync_dir
+from napari_refsr.phases import check_phases
 from napari_refsr.weights import load_state_dict_file
 
 __all__ = ["TRAIN_FORMAT", "atomic_torch_save", "load_training_checkpoint", "rng_state", "set_rng_state",
@@ -167,8 +168,12 @@ def export_model(net: torch.nn.Module, path: str | Path, meta: dict | None = Non
     return weights.save_checkpoint(path, state, model_config(net), dict(meta or {}))
 
 
-def export_training_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
-    """Export the network of a training checkpoint (e.g. ``best.pt``) for inference."""
+def export_training_checkpoint(ckpt_path: str | Path, out: str | Path, search_phases: int | None = None) -> Path:
+    """Export the network of a training checkpoint (e.g. ``best.pt``) for inference;
+    ``search_phases`` sets the exported network's default reference phases
+    (:mod:`napari_refsr.phases`; they change no weight, so a run trained without them can ship them)."""
     state = load_training_checkpoint(ckpt_path)
     meta = dict(state.get("meta", {}), step=state["step"], epoch=state["epoch"], source=str(ckpt_path))
+    if search_phases is not None:
+        state["model_config"] = dict(state["model_config"], search_phases=check_phases(search_phases))
     return export_model(network_from_checkpoint(state), out, meta)

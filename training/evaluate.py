@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a script from a source checkout: be trai
 
 from napari_refsr.errors import RefSRError  # noqa: E402
 from napari_refsr.normalize import from_net, to_net  # noqa: E402
+from napari_refsr.phases import PHASES, phase_views, resolve_phases  # noqa: E402
 from .data import EvalItem, eval_items  # noqa: E402
 
 __all__ = ["metric_image", "psnr_ssim", "evaluate_network", "load_network", "main"]
@@ -74,11 +75,14 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 @torch.no_grad()
 def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem], *, device="cpu",
-                     amp_dtype: torch.dtype | None = None, uninformative_ref: bool = False) -> dict:
+                     amp_dtype: torch.dtype | None = None, uninformative_ref: bool = False,
+                     phases: int | None = None) -> dict:
     """Mean PSNR/SSIM of ``network`` (None: bicubic only) and of bicubic on ``items``.
 
     ``uninformative_ref``: give the network its own LR↑ as the only reference instead of the real
-    ones, which measures how much of its quality comes from the reference.
+    ones, which measures how much of its quality comes from the reference. ``phases``: reference
+    copies per axis searched (:mod:`napari_refsr.phases`; None = the network's own setting), as
+    inference does.
 
     Returns ``{"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "n", "images": [...]}``, plus
     ``s_in`` / ``s_out``, the mean confidence S where the reference holds the image's content and
@@ -91,18 +95,15 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
     rows = []
     try:
         for item in items:
-            x = item.inputs()
+            n_phases = 1 if network is None else resolve_phases(phases, network, [r.shape[-2:] for r in item.refs])
+            x = item.inputs(n_phases)
             hr = metric_image(x["hr"][0], quantize=item.quantize, gray=item.gray)
             bic = metric_image(x["lr_up"][0], quantize=item.quantize, gray=item.gray)
             row = {"image": item.name}
             row["psnr_bicubic"], row["ssim_bicubic"] = psnr_ssim(bic, hr)
-            refs, refs_du = x["ref"], x["ref_down_up"]
-            if uninformative_ref:
-                refs, refs_du = [x["lr_up"]], [_down_up_net(x["lr_up"], item.quantize)]
             if network is not None:
                 with _autocast(device, amp_dtype):
-                    out = network(x["lr"].to(device), x["lr_up"].to(device),
-                                  [r.to(device) for r in refs], [r.to(device) for r in refs_du])
+                    out = _forward(network, x, item, device, uninformative_ref, n_phases)
                 sr = metric_image(out[0][0].float().clamp(-1, 1), quantize=item.quantize, gray=item.gray)
                 row["psnr"], row["ssim"] = psnr_ssim(sr, hr)
                 if item.covered is not None and getattr(out, "S", None) is not None:
@@ -119,6 +120,17 @@ def evaluate_network(network: torch.nn.Module | None, items: Sequence[EvalItem],
             values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
             result[key] = float(np.mean(values)) if values else math.nan
     return result
+
+
+def _forward(network: torch.nn.Module, x: dict, item: EvalItem, device, uninformative: bool, phases: int):
+    """The network on ``item.inputs(phases)`` = ``x``, with its references or (``uninformative``)
+    with its own LR↑ as the only reference, searched at the same phases as real ones are."""
+    refs, refs_du = x["ref"], x["ref_down_up"]
+    if uninformative:
+        refs = [view for view, _ in phase_views(x["lr_up"], phases)]
+        refs_du = [_down_up_net(r, item.quantize) for r in refs]
+    return network(x["lr"].to(device), x["lr_up"].to(device), [r.to(device) for r in refs],
+                   [r.to(device) for r in refs_du])
 
 
 def confidence_inside_outside(S: torch.Tensor, covered: torch.Tensor) -> tuple[float, float]:
@@ -165,16 +177,16 @@ def _levels(values: Sequence[str]) -> list[str]:
     return out
 
 
-REFERENCES = ("similar", "overlap", "unrelated", "uninformative")
+REFERENCES = ("similar", "overlap", "registered", "unrelated", "uninformative")
 _LR_UP = "LR↑"
 
 
 def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref_dir: str | None = None,
         crop: int | None = None, max_images: int | None = None, device: str = "auto",
         csv_path: str | None = None, out=None, uninformative_ref: bool = False,
-        references: Sequence[str] = ("similar",)) -> list[dict]:
+        references: Sequence[str] = ("similar",), phases: int | None = None) -> list[dict]:
     """Evaluate every model (and bicubic) at every level and with every kind of reference
-    (``similar``, ``overlap``, ``unrelated``: see :func:`training.data.eval_items`;
+    (``similar``, ``overlap``, ``registered``, ``unrelated``: see :func:`training.data.eval_items`;
     ``uninformative``: the image's own LR↑); print a table, write a CSV. ``uninformative_ref``
     adds ``uninformative`` to ``references``."""
     out = out or sys.stdout
@@ -209,7 +221,8 @@ def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref
                                reference="similar" if kind == "uninformative" else kind)
             for net, name in networks or [(None, None)]:
                 t0 = time.perf_counter()
-                res = evaluate_network(net, items, device=dev, uninformative_ref=kind == "uninformative")
+                res = evaluate_network(net, items, device=dev, uninformative_ref=kind == "uninformative",
+                                       phases=phases)
                 seconds = round(time.perf_counter() - t0, 2)
                 if not bicubic_done:  # the HR images, and so bicubic, are the same for every kind
                     record("bicubic", tag, "-", res, bicubic=True)
@@ -230,19 +243,18 @@ def run(models: Sequence[str], data: str, *, levels: Sequence[str] = ("1",), ref
 
 
 def reference_figure(network: torch.nn.Module, item: EvalItem, path: str | Path, *, device="cpu",
-                     box: tuple[int, int, int, int] | None = None, zoom: int = 2) -> Path:
+                     box: tuple[int, int, int, int] | None = None, zoom: int = 2, phases: int | None = None) -> Path:
     """What the reference adds, on one image: LR↑ (bicubic) / the output with the item's reference /
     with the uninformative one (LR↑) / the confidence S with the real reference (black 0.5, white
     1) / HR, over ``box`` (y, x, h, w in HR pixels; default: the whole image)."""
     from .plot import plot_panels
 
-    x = item.inputs()
+    phases = resolve_phases(phases, network, [r.shape[-2:] for r in item.refs])
+    x = item.inputs(phases)
     with torch.no_grad():
         network.eval()
-        real = network(x["lr"].to(device), x["lr_up"].to(device), [r.to(device) for r in x["ref"]],
-                       [r.to(device) for r in x["ref_down_up"]])
-        own = network(x["lr"].to(device), x["lr_up"].to(device), [x["lr_up"].to(device)],
-                      [_down_up_net(x["lr_up"], item.quantize).to(device)])
+        real = _forward(network, x, item, device, False, phases)
+        own = _forward(network, x, item, device, True, phases)
     y0, x0, h, w = box or (0, 0, *item.hr.shape[-2:])
 
     def pixels(t: torch.Tensor) -> np.ndarray:
@@ -276,7 +288,7 @@ def _figure(args: argparse.Namespace) -> None:
         box = tuple(int(p) for p in parts)
     dev = choose_device(args.device)
     network, _ = load_network(args.model[0], dev)
-    print(f"wrote {reference_figure(network, item, args.figure, device=dev, box=box)}")
+    print(f"wrote {reference_figure(network, item, args.figure, device=dev, box=box, phases=args.phases)}")
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -326,9 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csv", default=None, help="write the table and per-image values here")
     parser.add_argument("--refs", nargs="+", default=["similar"], choices=REFERENCES,
                         help="kinds of reference for plain folders: similar (the image's other half), overlap (a "
-                             "shifted, re-exposed view of the image), unrelated (another image's), uninformative "
+                             "shifted, re-exposed view of the image, 10 %% larger), registered (the same view at the image's "
+                             "scale), unrelated (another image's), uninformative "
                              "(the image's own LR↑); S in/out = mean confidence where the reference holds the content "
                              "and where it does not")
+    parser.add_argument("--phases", type=int, choices=PHASES, default=None,
+                        help="reference copies per axis searched at sub-LR-pixel offsets (default: each "
+                             "model's own setting; 1 = the published search)")
     parser.add_argument("--uninformative-ref", action="store_true",
                         help="also run every model with its own LR↑ as the reference (the value of the reference)")
     parser.add_argument("--figure", default=None,
@@ -340,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args.model, args.data, levels=_levels(args.level), ref_dir=args.ref_dir, crop=args.crop,
             max_images=args.max_images, device=args.device, csv_path=args.csv,
-            uninformative_ref=args.uninformative_ref, references=args.refs)
+            uninformative_ref=args.uninformative_ref, references=args.refs, phases=args.phases)
         if args.figure:
             _figure(args)
     except RefSRError as err:

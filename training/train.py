@@ -98,6 +98,18 @@ def _flag_overrides(args) -> list[tuple[str, object]]:
     return out
 
 
+def _export_phases(overrides: Sequence[str]) -> int | None:
+    """``model.search_phases=N``, the one override an export takes (the exported network's default
+    reference phases); anything else is refused rather than silently ignored."""
+    phases = None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key != "model.search_phases" or not value.isdigit():
+            raise RefSRError(f"--export-from takes only model.search_phases=N as an override, got {item!r}")
+        phases = int(value)
+    return phases
+
+
 def build_config(args, base: dict | None = None) -> dict:
     overrides = list(args.overrides) + ([f"model.arch={args.model}"] if args.model else [])
     config = load_config(args.config, overrides, base=base)
@@ -118,7 +130,7 @@ def main(argv: Sequence[str] | None = None, *, events=None, should_stop=None) ->
         if args.export_from:
             if not args.export:
                 raise RefSRError("--export-from needs --export OUT.pt")
-            path = export_training_checkpoint(args.export_from, args.export)
+            path = export_training_checkpoint(args.export_from, args.export, _export_phases(args.overrides))
             print(f"exported {path}", file=sys.stderr)
             return 0
         config = build_config(args)

@@ -67,6 +67,12 @@ class RefSRNetwork(nn.Module):
     def texture_extractor(self) -> nn.Module:
         raise NotImplementedError
 
+    @property
+    def search_phases(self) -> int:
+        """Reference copies per axis that inference searches unless told otherwise
+        (:mod:`napari_refsr.phases`); 1, the published search, for networks that do not say."""
+        return int(getattr(self.config, "search_phases", 1))
+
     def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Extractor features of images in [-1, 1] (detached input, as in the reference)."""
         return self.texture_extractor(to_unit(x.detach()))

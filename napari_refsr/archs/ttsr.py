@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..phases import PHASES
 from ..search import relevance, search, transfer
 from .base import NetworkConfig, ReferenceBank, RefSRNetwork, block_counts
 from .blocks import conv1x1, conv3x3, res_blocks, run, up
@@ -39,10 +40,13 @@ class TTSRConfig(NetworkConfig):
     res_scale: float = 1.0
     scale: int = 4
     global_skip: bool = False  # add LR↑ to the output (residual learning); False = published TTSR
+    search_phases: int = 1  # reference copies per axis searched by default (napari_refsr.phases); 1 = published
     arch: str = field(default="ttsr")
 
     def __post_init__(self) -> None:
         self.num_res_blocks = block_counts(self.num_res_blocks, 4, "num_res_blocks")
+        if self.search_phases not in PHASES:
+            raise ValueError(f"search_phases must be one of {PHASES}, got {self.search_phases!r}")
         self.check_shared("TTSR")
 
 

@@ -124,14 +124,18 @@ def upscale_dask(
     value_range: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     search_budget: int = DEFAULT_BUDGET,
+    client: Any = "active",
+    phases: int | None = None,
 ) -> da.Array:
     """``upscale_nd``'s image, as a lazy dask array: ``data`` (a dask array, zarr array or anything
     ``dask.array.asarray`` takes) is processed in ``chunk``×``chunk`` LR chunks with halos. Writing
     the result (``to_zarr``, :func:`~napari_refsr.large.write_ome_zarr`) never holds it in memory.
 
-    The whole image's intensity window (non-uint8) is computed now, on the current scheduler. With a
-    ``dask.distributed`` client active, the job (model + references) is scattered to every worker
-    once. The references are checked and encoded here too, so bad input fails before any work.
+    ``client``: the ``dask.distributed`` client the result will run on (default: the active one,
+    if any), to which the job (model + references) is scattered once, to every worker; None means
+    the threaded scheduler, even while some client is active. The whole image's intensity window
+    (non-uint8) is computed now, on that scheduler. The references are checked and encoded here
+    too, so bad input fails before any work.
     """
     arr = data if isinstance(data, da.Array) else da.asarray(data)
     loop, (ya, xa), ca = resolve_axes(arr.shape, spatial_axes, channel_axis)
@@ -149,10 +153,14 @@ def upscale_dask(
     if chunk < context:
         raise RefSRError(f"chunks of {chunk} LR pixels are smaller than the halo of {context} pixels that "
                          f"{tile}-pixel tiles need; use chunks of at least {context} or smaller tiles")
-    window = value_range if value_range is not None else whole_window(arr, percentiles)
+    if isinstance(client, str):  # "active"
+        client = _active_client()
+    window = value_range if value_range is not None else whole_window(arr, percentiles,
+                                                                      scheduler="threads" if client is None else client)
     colour = ca is not None and arr.shape[ca] >= 3
     options = dict(colour=colour, value_range=window, ref_range=value_range, tile=tile, overlap=overlap,
-                   device=device, half=half, percentiles=percentiles, search_budget=search_budget)
+                   device=device, half=half, percentiles=percentiles, search_budget=search_budget,
+                   phases=phases)
     job = Job(model, [np.asarray(r) for r in (refs if isinstance(refs, (list, tuple)) else [refs])], options)
     job.upscaler()  # checks the references now; the threaded scheduler reuses this one
 
@@ -168,7 +176,6 @@ def upscale_dask(
     out_chunks[ya] = tuple(c * SCALE for c in arr.chunks[ya])
     out_chunks[xa] = tuple(c * SCALE for c in arr.chunks[xa])
 
-    client = _active_client()
     job_arg = client.scatter(job, broadcast=True, hash=False) if client is not None else job
     return da.map_blocks(
         _upscale_block, haloed, job_arg, dtype=arr.dtype, chunks=tuple(out_chunks), name=chunk_key(job.token),

@@ -73,7 +73,7 @@ def upscale_to_ome_zarr(
     :func:`~.chunks.upscale_dask` (``spatial_axes``, ``channel_axis``, ``chunk``, ``tile``, …).
     """
     check_target(Path(output), overwrite)
-    image = upscale_dask(model, data, refs, **options)
+    image = upscale_dask(model, data, refs, client=client, **options)
     out_scale = dict(scale or {})
     for letter in "YX":
         out_scale[letter] = float(out_scale.get(letter, 1.0)) / SCALE

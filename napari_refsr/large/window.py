@@ -55,14 +55,16 @@ def _float_counts(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.histogram(block.ravel(), bins=_FLOAT_BINS, range=(lo, hi))[0]
 
 
-def _sum_blocks(data: da.Array, func, *args) -> np.ndarray:
+def _sum_blocks(data: da.Array, func, *args, scheduler=None) -> np.ndarray:
     parts = [dask.delayed(func)(b, *args) for b in data.to_delayed().ravel()]
-    return dask.compute(dask.delayed(sum)(parts))[0]
+    return dask.compute(dask.delayed(sum)(parts), scheduler=scheduler)[0]
 
 
-def whole_window(data: da.Array, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> tuple[float, float] | None:
+def whole_window(data: da.Array, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, *,
+                 scheduler=None) -> tuple[float, float] | None:
     """(lo, hi) as :func:`~napari_refsr.normalize.intensity_window` gives for the whole array,
-    or None for uint8 (which needs none). Runs on the current dask scheduler."""
+    or None for uint8 (which needs none). Runs on ``scheduler`` (``dask.compute``'s: a name or a
+    ``distributed.Client``; None: the current one)."""
     dtype = data.dtype
     if dtype == np.uint8 or dtype == np.bool_:
         return None
@@ -71,19 +73,19 @@ def whole_window(data: da.Array, percentiles: tuple[float, float] = DEFAULT_PERC
     n = int(data.size)
     if dtype.kind in "iu" and dtype.itemsize <= 2:
         lo = int(np.iinfo(dtype).min)
-        counts = _sum_blocks(data, _int_counts, lo, 2 ** (8 * dtype.itemsize))
+        counts = _sum_blocks(data, _int_counts, lo, 2 ** (8 * dtype.itemsize), scheduler=scheduler)
         cum = np.cumsum(counts)
         kth = lambda k: np.asarray(lo + int(np.searchsorted(cum, k, side="right")), dtype=dtype)  # noqa: E731
     else:
         parts = [dask.delayed(_finite_range)(b) for b in data.to_delayed().ravel()]
-        ranges = np.stack(dask.compute(*parts))
+        ranges = np.stack(dask.compute(*parts, scheduler=scheduler))
         if np.isnan(ranges).any():
             raise RefSRError("the image contains NaN or infinite values; replace them before upscaling")
         vmin, vmax = float(ranges[:, 0].min()), float(ranges[:, 1].max())
         if vmax <= vmin:
             kth = lambda k: np.asarray(vmin)  # noqa: E731
         else:
-            counts = _sum_blocks(data, _float_counts, vmin, vmax)
+            counts = _sum_blocks(data, _float_counts, vmin, vmax, scheduler=scheduler)
             cum = np.cumsum(counts)
             width = (vmax - vmin) / _FLOAT_BINS
 

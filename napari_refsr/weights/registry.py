@@ -64,7 +64,7 @@ REGISTRY: dict[str, WeightSpec] = {
         name="refsr-compact",
         url=None,
         filename="refsr-compact.safetensors",
-        hash="sha256:fe3235b4d2e55b2b5fb9bcb925996d60a1b0848431936db493401126ff4cae4d",
+        hash="sha256:6ffffeef8b7bd16fcbc6683e8d3535c09413b136f72d5212a4bb85e4620bbfeb",
         format="refsr",
         description="compact TTSR ×4 (32 features, 4+4+2+1 blocks) trained on scikit-image's "
                     "bundled images; ships with the package, works offline (docs/model-card.md)",

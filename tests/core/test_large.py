@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -214,19 +215,68 @@ def test_axes_errors_are_one_line(model, stack):
         large.layout(src)
 
 
+# ------------------------------------------------------------------------------ bounded memory
+
+
+@pytest.mark.parametrize("blocks", [3, 9])
+def test_the_writer_holds_about_one_output_chunk_per_thread_whatever_the_size(tmp_path, blocks):
+    """Output chunks are stored as they are made: at no time are more than ``threads`` + 1 computed
+    and not yet written, for 9 or 81 chunks alike (so memory does not grow with the image)."""
+    from dask.callbacks import Callback
+
+    n, depth = 24, 5
+    lr = da.from_array(RNG.integers(0, 255, (n * blocks, n * blocks), dtype=np.uint8), chunks=n)
+    haloed = da.overlap.overlap(lr, depth=depth, boundary="none")
+    live, most, lock = [0], [0], threading.Lock()
+
+    def make(block, block_id=None):  # counts chunks made (the store task counts them written)
+        out = _cut_x4(block, depth, block_id, lr.numblocks)
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        return out
+
+    image = da.map_blocks(make, haloed, dtype=np.uint8, chunks=tuple(tuple(4 * c for c in cs) for cs in lr.chunks))
+
+    def posttask(key, result, dsk, state, worker_id):
+        if str(key[0] if isinstance(key, tuple) else key).startswith("refsr-store-"):
+            with lock:
+                live[0] -= 1
+
+    threads = 2
+    with Callback(posttask=posttask):
+        large.write_ome_zarr(image, tmp_path / "out.ome.zarr", "YX", workers=threads, pyramid_min=1 << 30)
+    got = zarr.open_array(str(tmp_path / "out.ome.zarr" / "s0"), mode="r")[:]
+    np.testing.assert_array_equal(got, np.repeat(np.repeat(lr.compute(), 4, 0), 4, 1))
+    assert live[0] == 0 and 1 <= most[0] <= threads + 1, most[0]
+
+
+def _cut_x4(block, depth, block_id, numblocks):
+    """The core of a haloed block (``boundary="none"``: no halo at the image border), ×4."""
+    y0 = depth if block_id[0] > 0 else 0
+    x0 = depth if block_id[1] > 0 else 0
+    y1 = block.shape[0] - (depth if block_id[0] < numblocks[0] - 1 else 0)
+    x1 = block.shape[1] - (depth if block_id[1] < numblocks[1] - 1 else 0)
+    return np.repeat(np.repeat(block[y0:y1, x0:x1], 4, 0), 4, 1)
+
+
 # ------------------------------------------------------------------------------ cancel and failure
 
 
-def test_cancel_between_chunks_leaves_no_store_and_keeps_the_old_one(tmp_path, model, stack):
+@pytest.mark.parametrize("where", ["threads", "cluster"])
+def test_cancel_between_chunks_leaves_no_store_and_keeps_the_old_one(tmp_path, model, stack, where, request):
+    client = request.getfixturevalue("cluster")[1] if where == "cluster" else None
     lr, ref = stack
     target = tmp_path / "out.ome.zarr"
     zarr.open_group(str(target), mode="w").attrs["mine"] = True  # an earlier result stays untouched
     seen = []
     with pytest.raises(Cancelled):
         large.upscale_to_ome_zarr(model, da.from_array(lr), ref, target, axes="ZYX", spatial_axes=(1, 2),
-                                  tile=TILE, overlap=OVERLAP, chunk=CHUNK, workers=1,
+                                  tile=TILE, overlap=OVERLAP, chunk=CHUNK, workers=1, client=client,
                                   progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 1)
     assert seen == [1]  # stopped after the first of eight chunks
+    if client is not None:  # it returned only once nothing of the run still ran on a worker
+        assert not any(client.processing().values())
     assert dict(zarr.open_group(str(target), mode="r").attrs) == {"mine": True}
     assert _no_leftovers(tmp_path) == []
 
@@ -269,28 +319,54 @@ def test_failure_mid_run_leaves_nothing(tmp_path, model, stack, monkeypatch):
 # ------------------------------------------------------------------------------ a real cluster
 
 
-def test_local_cluster_with_two_processes_equals_threads(tmp_path, model, stack, stack_expected):
+@pytest.fixture(scope="module")
+def cluster():
+    """A real LocalCluster of 2 worker processes (one thread each, one torch thread each)."""
     from distributed import Client, LocalCluster
 
-    lr, ref = stack
-    _write_tiff(tmp_path / "big.tif", lr)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.run(torch.set_num_threads, 1)
-        seen = []
-        with large.scheduler(cluster.scheduler_address) as remote:  # an existing cluster, by address
-            assert remote.scheduler_info()["address"] == cluster.scheduler_address
-            source = large.open_image(tmp_path / "big.tif")
-            large.upscale_to_ome_zarr(model, source.data, ref, tmp_path / "out.ome.zarr", axes=source.axes,
-                                      spatial_axes=(1, 2), tile=TILE, overlap=OVERLAP, chunk=CHUNK,
-                                      client=remote, progress=lambda d, t: seen.append(d))
-        encoded = client.run(lambda: dict(__import__("napari_refsr.large.chunks", fromlist=["ENCODED"]).ENCODED))
-    assert len(encoded) == 2 and seen[-1] == 8
+        yield cluster, client
+
+
+def test_local_cluster_with_two_processes_equals_threads(tmp_path, model, stack, stack_expected, cluster):
+    cluster, client = cluster
+    lr, ref = stack
+    _write_tiff(tmp_path / "big.tif", lr)
+    def encoded():  # each worker's ENCODED counter (job token -> encodings)
+        return client.run(lambda: dict(__import__("napari_refsr.large.chunks", fromlist=["ENCODED"]).ENCODED))
+
+    before, seen = encoded(), []
+    with large.scheduler(cluster.scheduler_address) as remote:  # an existing cluster, by address
+        assert remote.scheduler_info()["address"] == cluster.scheduler_address
+        source = large.open_image(tmp_path / "big.tif")
+        large.upscale_to_ome_zarr(model, source.data, ref, tmp_path / "out.ome.zarr", axes=source.axes,
+                                  spatial_axes=(1, 2), tile=TILE, overlap=OVERLAP, chunk=CHUNK,
+                                  client=remote, progress=lambda d, t: seen.append(d))
+    after = encoded()  # this run's job only (the module's cluster also runs other tests' jobs)
+    runs = {w: {t: n - before.get(w, {}).get(t, 0) for t, n in e.items()} for w, e in after.items()}
+    runs = {w: {t: n for t, n in e.items() if n} for w, e in runs.items()}
+    assert len(runs) == 2 and seen[-1] == 8
+    assert len({t for e in runs.values() for t in e}) == 1  # one job
     # each worker process encoded the references at most once for the 8 chunks (model shipped once)
-    assert sum(sum(e.values()) for e in encoded.values()) <= 2
-    assert all(count == 1 for e in encoded.values() for count in e.values())
+    assert sum(sum(e.values()) for e in runs.values()) <= 2
+    assert all(count == 1 for e in runs.values() for count in e.values())
     got = zarr.open_array(str(tmp_path / "out.ome.zarr" / "s0"), mode="r")[:]
     np.testing.assert_array_equal(got, stack_expected)
+
+
+def test_threads_while_a_client_is_active(tmp_path, model, stack, stack_expected, cluster):
+    """client=None runs on threads even while a distributed client is the default one (the job is
+    not scattered to it, the intensity window is not computed on it)."""
+    _, client = cluster
+    from distributed import default_client
+
+    assert default_client() is client
+    lr, ref = stack
+    out = large.upscale_to_ome_zarr(model, da.from_array(lr), ref, tmp_path / "out.ome.zarr", axes="ZYX",
+                                    spatial_axes=(1, 2), tile=TILE, overlap=OVERLAP, chunk=CHUNK, workers=1)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "s0"), mode="r")[:], stack_expected)
 
 
 # ------------------------------------------------------------------------------ without the extra

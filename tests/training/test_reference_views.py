@@ -98,6 +98,27 @@ def test_overlap_box_covers_the_asked_share():
         assert cov[0] - 1e-9 <= covered_fraction(crop, (cy, cx, side)) <= cov[1] + 1e-9
 
 
+def exact_offset(crop: torch.Tensor, ref: torch.Tensor) -> tuple[int, int] | None:
+    """Where ``crop`` (C, h, w) appears unchanged in ``ref``, if it does."""
+    windows = ref.unfold(1, crop.shape[1], 1).unfold(2, crop.shape[2], 1)  # (C, Y, X, h, w)
+    err = (windows - crop[:, None, None]).abs().amax(dim=(0, 3, 4))
+    y, x = divmod(int(err.argmin()), err.shape[1])
+    return (y, x) if float(err[y, x]) < 1e-4 else None
+
+
+def test_aligned_views_hold_the_crop_unchanged_on_its_lr_grid(two_images):
+    """``aligned`` views skip scale and rotation and sit a whole number of LR pixels from the crop
+    (flips and quarter turns included), so the texture search can find the exact patch."""
+    jittered = dict(PLAIN_VIEW, scale=[0.8, 1.25], rotate=10.0)
+    ds = FolderTrainSet(two_images, crop=32, seed=5, flip=True, rot90=True,
+                        references=ReferenceMix(**jittered, aligned=1.0))
+    offsets = [exact_offset(ds[i]["hr"], ds[i]["ref"]) for i in range(12)]
+    assert all(o is not None and o[0] % 4 == 0 and o[1] % 4 == 0 for o in offsets), offsets
+    assert len(set(offsets)) > 1  # at a random offset, not always the same place
+    plain = FolderTrainSet(two_images, crop=32, seed=5, flip=True, rot90=True, references=ReferenceMix(**jittered))
+    assert sum(exact_offset(plain[i]["hr"], plain[i]["ref"]) is not None for i in range(12)) <= 2
+
+
 def test_mixture_draws_each_kind_at_its_rate_and_bad_settings_are_refused():
     mix = ReferenceMix(overlap=0.5, similar=0.3, unrelated=0.2)
     rng = np.random.default_rng(0)
@@ -110,6 +131,8 @@ def test_mixture_draws_each_kind_at_its_rate_and_bad_settings_are_refused():
         ReferenceMix(scale=[1.2, 0.8])
     with pytest.raises(RefSRError, match="coverage"):
         ReferenceMix(coverage=[0.0, 1.5])
+    with pytest.raises(RefSRError, match="aligned"):
+        ReferenceMix(aligned=1.5)
     cfg = load_config(None, ["data.reference.overlap=-1"])
     with pytest.raises(RefSRError, match="overlap/similar/unrelated"):
         check_config(cfg)

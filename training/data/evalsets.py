@@ -13,6 +13,7 @@ import torch
 from napari_refsr.errors import RefSRError
 from napari_refsr.imageio import SUFFIXES
 from napari_refsr.normalize import DEFAULT_PERCENTILES, to_net
+from napari_refsr.phases import phase_views
 from napari_refsr.resize import down_up, resize_bicubic
 
 from .degrade import SCALE
@@ -34,15 +35,17 @@ class EvalItem:
     gray: bool  # grayscale data: metrics on one channel
     covered: torch.Tensor | None = None  # (H, W) bool: HR pixels whose content the reference holds
 
-    def inputs(self) -> dict[str, object]:
+    def inputs(self, phases: int = 1) -> dict[str, object]:
         """Network inputs with a batch axis, in [-1, 1]: lr, lr_up, hr and the lists ref, ref_down_up
-        (the keys of a training batch, whose ref/ref_down_up hold one tensor)."""
+        (the keys of a training batch, whose ref/ref_down_up hold one tensor); with ``phases`` > 1
+        each reference also at its sub-LR-pixel offsets (:func:`napari_refsr.phases.phase_views`)."""
         h, w = self.hr.shape[-2:]
         lr = resize_bicubic(self.hr, (h // SCALE, w // SCALE), quantize=self.quantize)
         lr_up = resize_bicubic(lr, (h, w), quantize=self.quantize)
-        refs_du = [down_up(r, SCALE, quantize=self.quantize) for r in self.refs]
+        refs = [view for r in self.refs for view, _ in phase_views(r, phases)]
+        refs_du = [down_up(r, SCALE, quantize=self.quantize) for r in refs]
         return {"lr": to_net(lr)[None], "lr_up": to_net(lr_up)[None], "hr": to_net(self.hr)[None],
-                "ref": [to_net(r)[None] for r in self.refs],
+                "ref": [to_net(r)[None] for r in refs],
                 "ref_down_up": [to_net(r)[None] for r in refs_du]}
 
 
@@ -76,18 +79,18 @@ def cufed5_dir(root: Path) -> Path | None:
 EVAL_VIEW = ReferenceMix(overlap=1.0, similar=0.0, unrelated=0.0, scale=[1.1, 1.1], rotate=0.0,
                          gamma=[0.85, 0.85], gain=[1.05, 1.05], offset=[0.02, 0.02], colour=0.0,
                          blur=[0.0, 0.0], noise=[0.01, 0.01])
-EVAL_REFERENCES = ("similar", "overlap", "unrelated")
+EVAL_REFERENCES = ("similar", "overlap", "registered", "unrelated")
+_VIEW_SCALES = {"overlap": float(EVAL_VIEW.scale[0]), "registered": 1.0}  # reference px per image px
 
 
-def _eval_overlap(full: torch.Tensor, vertical: bool, half: int, quantize: bool, gray: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The overlapping reference of the held-out half ``full[..., :half]`` (along the long axis)
-    and the mask of the half's pixels it shows."""
+def _eval_overlap(full: torch.Tensor, vertical: bool, half: int, quantize: bool, gray: bool,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The overlapping reference of the held-out half ``full[..., :half]`` (along the long axis),
+    ``scale`` reference px per image px, and the mask of the half's pixels it shows."""
     h, w = full.shape[-2:]
     shift = half // 4
     src_h, src_w = (half, w) if vertical else (h, half)
     cy, cx = (shift + half / 2, w / 2) if vertical else (h / 2, shift + half / 2)
-    scale = float(EVAL_VIEW.scale[0])
     size = (int(src_h * scale) // SCALE * SCALE, int(src_w * scale) // SCALE * SCALE)
     view = warp(lambda y, x, hh, ww: full[:, y : y + hh, x : x + ww], h, w, (cy, cx), scale, 0.0, size)
     ref = photometric(view, EVAL_VIEW, np.random.default_rng(0), gray=gray, quantize=quantize)
@@ -106,7 +109,8 @@ def eval_items(root: str | Path, *, level: int | str = 1, ref_dir: str | Path | 
     five stacked) or of a plain folder (paired ``ref_dir`` or automatic reference: the next
     slice of a stack's middle slice; for a 2D image the first half along its long side is the
     HR and ``reference`` says what the reference is: ``similar`` — the second half, ``overlap``
-    — a view of the first half shifted by a quarter (:data:`EVAL_VIEW`), ``unrelated`` — the
+    — a view of the first half shifted by a quarter (:data:`EVAL_VIEW`), ``registered`` — the
+    same view at the image's own scale (a second exposure, shifted), ``unrelated`` — the
     second half of the next image of the folder)."""
     if reference not in EVAL_REFERENCES:
         raise RefSRError(f"evaluation reference must be one of {', '.join(EVAL_REFERENCES)}, got {reference!r}")
@@ -155,9 +159,9 @@ def eval_items(root: str | Path, *, level: int | str = 1, ref_dir: str | Path | 
             vertical = img.height > img.width
             half = (img.height if vertical else img.width) // 2
             hr, ref = (full[:, :half], full[:, half:]) if vertical else (full[:, :, :half], full[:, :, half:])
-            if reference == "overlap":
-                ref, covered = _eval_overlap(full, vertical, half, img.quantize, img.gray)
-        if reference == "overlap" and covered is None:
+            if reference in _VIEW_SCALES:
+                ref, covered = _eval_overlap(full, vertical, half, img.quantize, img.gray, _VIEW_SCALES[reference])
+        if reference in _VIEW_SCALES and covered is None:
             raise RefSRError(f"an overlapping evaluation reference is made for 2D images only; {p} is a "
                              "stack or has a paired reference")
         hr, ref = _crop4(hr, crop), _crop4(ref, crop)

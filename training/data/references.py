@@ -57,6 +57,7 @@ class ReferenceMix:
     colour: float = 0.05  # std of a per-channel gain (colour images only)
     blur: list[float] = field(default_factory=lambda: [0.0, 1.0])  # Gaussian sigma, reference px
     noise: list[float] = field(default_factory=lambda: [0.0, 0.02])  # std, of the full range
+    aligned: float = 0.0  # share of overlapping views on the crop's LR grid (see overlapping_view)
 
     def __post_init__(self) -> None:
         probs = [self.overlap, self.similar, self.unrelated]
@@ -74,6 +75,8 @@ class ReferenceMix:
             setattr(self, name, [float(v) for v in value])
         if not 0 < self.coverage[0] <= self.coverage[1] <= 1:
             raise RefSRError(f"data.reference.coverage must lie in (0, 1], got {self.coverage}")
+        if not isinstance(self.aligned, (int, float)) or isinstance(self.aligned, bool) or not 0 <= self.aligned <= 1:
+            raise RefSRError(f"data.reference.aligned must be a share in [0, 1], got {self.aligned!r}")
         if self.scale[0] <= 0 or self.gamma[0] <= 0:
             raise RefSRError("data.reference.scale and .gamma must be > 0")
 
@@ -155,6 +158,17 @@ def warp(read: Reader, height: int, width: int, centre: tuple[float, float], sca
     return out[0].clamp(0, 255)
 
 
+def _on_grid(centre: float, start: int, size: int, length: int) -> float:
+    """``centre`` of a ``size``-px window moved to the nearest place (inside ``length``) whose
+    origin lies a multiple of 4 px from ``start``."""
+    origin = start + 4 * round((centre - size / 2 - start) / 4)
+    while origin < 0 and origin + 4 + size <= length:
+        origin += 4
+    while origin + size > length and origin - 4 >= 0:
+        origin -= 4
+    return origin + size / 2
+
+
 def photometric(x: torch.Tensor, mix: ReferenceMix, rng: np.random.Generator, *, gray: bool,
                 quantize: bool) -> torch.Tensor:
     """Another exposure of (3, H, W) in 0..255: gamma, gain/offset, colour, blur, noise."""
@@ -175,13 +189,24 @@ def photometric(x: torch.Tensor, mix: ReferenceMix, rng: np.random.Generator, *,
 
 def overlapping_view(read: Reader, height: int, width: int, crop: Box, size: int, mix: ReferenceMix,
                      rng: np.random.Generator, *, gray: bool, quantize: bool) -> torch.Tensor:
-    """A (3, size, size) reference that holds part of ``crop`` (see the module doc)."""
-    scale = draw(mix.scale, rng)
+    """A (3, size, size) reference that holds part of ``crop`` (see the module doc).
+
+    A share ``mix.aligned`` of the views is taken on the crop's LR grid — scale 1, no rotation,
+    an offset of whole LR pixels (multiples of 4 px) — as a registered second exposure or a
+    neighbouring field at such an offset gives: there the texture search can find the exact
+    patch, so the network sees how much a faithful copy is worth and learns to use it.
+    """
+    aligned = mix.aligned > 0 and float(rng.uniform()) < mix.aligned
+    scale = 1.0 if aligned else draw(mix.scale, rng)
     side = size / scale
     fit = min(height, width)
     if side > fit:  # a small image: zoom in until the view fits
-        side, scale = float(fit), size / float(fit)
+        side, scale, aligned = float(fit), size / float(fit), False
     centre = overlap_box(height, width, crop, side, mix.coverage, rng)
     angle = math.radians(draw((-mix.rotate, mix.rotate), rng))
+    if aligned:
+        angle = 0.0
+        centre = tuple(_on_grid(c, start, size, length)
+                       for c, start, length in ((centre[0], crop[0], height), (centre[1], crop[1], width)))
     view = warp(read, height, width, centre, scale, angle, size)
     return photometric(view, mix, rng, gray=gray, quantize=quantize)
