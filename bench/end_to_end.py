@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,11 +62,12 @@ def make_inputs(folder: Path) -> dict[str, tuple[Path, Path, str]]:
     }
 
 
-def run_case(tree: Path, lr: Path, ref: Path, model: str, out: Path, limit: float) -> dict:
+def run_case(tree: Path, lr: Path, ref: Path, model: str, out: Path, limit: float,
+             extra: Sequence[str] = ()) -> dict:
     """Run one ``refsr upscale`` in a fresh process from checkout ``tree``: seconds, peak RSS."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "napari_refsr", "upscale", str(lr), str(ref),
-           "-o", str(out), "--model", model, "--device", "cpu", "--quiet"]
+           "-o", str(out), "--model", model, "--device", "cpu", "--quiet", *extra]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=limit)
@@ -96,6 +98,8 @@ def main(argv=None) -> None:
     p.add_argument("--cases", default="a,b,c")
     p.add_argument("--time-limit", type=float, default=3600.0, help="seconds per run before it is stopped")
     p.add_argument("--old-cases", default=None, help="cases to run with --old (default: all of --cases)")
+    p.add_argument("--new-args", default="", help="extra refsr upscale options for this checkout's runs, "
+                   "e.g. '--phases 1' for the search an older checkout without phase copies does")
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     old_cases = [c for c in (args.old_cases or args.cases).split(",") if c]
@@ -103,12 +107,13 @@ def main(argv=None) -> None:
         folder = Path(tmp)
         inputs = make_inputs(folder)
         load = os.getloadavg()[0]
-        print(f"{os.cpu_count()} CPUs, load average {load:.1f} at the start; old = {args.old}, new = {ROOT}\n")
+        print(f"{os.cpu_count()} CPUs, load average {load:.1f} at the start; old = {args.old}, new = {ROOT}"
+              f"{' ' + args.new_args if args.new_args else ''}\n")
         print("| case | LR | reference | model | old: wall (CPU), peak RSS | new: wall (CPU), peak RSS | speed-up |")
         print("|---|---|---|---|---|---|---|")
         for case in cases:
             lr, ref, model = inputs[case]
-            new = run_case(ROOT, lr, ref, model, folder / f"new-{case}.png", args.time_limit)
+            new = run_case(ROOT, lr, ref, model, folder / f"new-{case}.png", args.time_limit, args.new_args.split())
             old = None
             if args.old and case in old_cases:
                 old = run_case(args.old, lr, ref, model, folder / f"old-{case}.png", args.time_limit)

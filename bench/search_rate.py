@@ -7,7 +7,9 @@ it measures, each in its own subprocess on fresh random ReLU features,
   max over keys) — only where its matrix fits ``--dense-limit-mb``;
 * streaming: the chunked running-argmax search of an older commit (``--old-commit``, read with
   ``git show``: the project's search before the shift-sum), the same operations as dense;
-* shift-sum: :func:`napari_refsr.search.search` of this checkout;
+* shift-sum: :func:`napari_refsr.search.search` of this checkout, its eager passes (``fuse=False``);
+* shift-sum fused: the same with the work after the pixel products in one compiled kernel
+  (``fuse=True``; compiled on a small search first, its compilation time reported apart);
 
 with time, peak memory (torch CPU allocator peak from profiler events, as ``bench/search.py``)
 and the effective rate ``N_lr · N_ref · 9C · 2 / time`` — the FLOP rate the dense formulation would
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from napari_refsr import search as ts  # noqa: E402
 
-METHODS = ("dense", "streaming", "shift-sum")
+METHODS = ("dense", "streaming", "shift-sum", "shift-sum fused")
 
 
 def _bench_search_module():
@@ -83,7 +85,17 @@ def worker(method: str, n_lr: int, n_ref: int, c: int, commit: str, save: str) -
     g = torch.Generator().manual_seed(0)
     query = torch.randn(c, n_lr, n_lr, generator=g).relu()
     key = torch.randn(c, n_ref, n_ref, generator=g).relu()
-    fn = {"dense": lambda: dense(query, key), "shift-sum": lambda: ts.search(query, [key])}.get(method)
+    fn = {"dense": lambda: dense(query, key), "shift-sum": lambda: ts.search(query, [key], fuse=False),
+          "shift-sum fused": lambda: ts.search(query, [key], fuse=True)}.get(method)
+    compile_s = 0.0
+    if method == "shift-sum fused":  # compile on a small search, outside the measurement
+        t0 = time.perf_counter()
+        ts.search(query[:, :8, :8], [key[:, :8, :8]], fuse=True)
+        compile_s = time.perf_counter() - t0
+        from napari_refsr.shift_search import fused_available
+
+        if fused_available():
+            raise SystemExit(f"the fused kernel is not available: {fused_available()}")
     if method == "streaming":
         search = old_search(commit)
         fn = lambda: search(query, [key])  # noqa: E731
@@ -96,7 +108,7 @@ def worker(method: str, n_lr: int, n_ref: int, c: int, commit: str, save: str) -
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     torch.save({"S": s, "index": idx}, save)
     return {"seconds": seconds, "cpu": cpu, "peak": _bench_search_module().allocator_peak(prof), "mm": rate[0],
-            "mm_cpu": rate[1]}
+            "mm_cpu": rate[1], "compile": compile_s}
 
 
 def measure(method, n_lr, n_ref, c, commit, threads, save) -> dict:
@@ -131,8 +143,8 @@ def main(argv=None) -> None:
           f"{os.getloadavg()[0]:.1f}; streaming = search at {args.old_commit}; rate = N_lr·N_ref·9C·2 / time; "
           "mm = float32 2048² torch.mm in the same process; agreement vs dense (else vs streaming)\n")
     print("| LR grid | Ref grid | method | time (CPU) | peak | effective rate | mm rate | rate / mm | "
-          "rate / mm in CPU time | same index | max ΔS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "rate / mm in CPU time | same index | max ΔS | compilation |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for n_lr, n_ref in sizes:
             flops = (n_lr * n_ref) ** 2 * 9 * c * 2
@@ -145,7 +157,7 @@ def main(argv=None) -> None:
             base = next((m for m in ("dense", "streaming") if m in results and "error" not in results[m]), None)
             for m, r in results.items():
                 if "error" in r:
-                    print(f"| {n_lr}² | {n_ref}² | {m} | error: {r['error'][:60]} | | | | | | | |")
+                    print(f"| {n_lr}² | {n_ref}² | {m} | error: {r['error'][:60]} | | | | | | | | |")
                     continue
                 rate = flops / r["seconds"]
                 same = delta = "–"
@@ -154,9 +166,11 @@ def main(argv=None) -> None:
                     same = f"{(a['index'] == b['index']).float().mean().item():.3%}"
                     delta = f"{(a['S'] - b['S']).abs().max().item():.1e}"
                 ratio_cpu = (flops / r["cpu"]) / r["mm_cpu"]
+                compiled = f"{r['compile']:.1f} s" if r.get("compile") else "–"
                 print(f"| {n_lr}² | {n_ref}² | {m} | {r['seconds']:.2f} s ({r['cpu']:.1f}) | {r['peak'] / 2**20:,.0f} MB "
                       f"| {rate / 1e9:,.0f} GFLOP/s | {r['mm'] / 1e9:,.0f} GFLOP/s | {rate / r['mm']:.2f} "
-                      f"| {ratio_cpu:.2f} | {same} | {delta} |", flush=True)
+                      f"| {ratio_cpu:.2f} | {same} | {delta} | {compiled} |",
+                      flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

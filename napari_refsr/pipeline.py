@@ -20,6 +20,7 @@ shapes, and its result equals the in-memory one bit for bit. Progress, phases an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 from typing import Sequence
@@ -40,7 +41,7 @@ from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Track
 from .phases import check_phases, phase_views, resolve_phases
 from .resize import down_up, resize_bicubic
 from .search import decode_index
-from .shift_search import count_steps, plan_steps, prepare_keys
+from .shift_search import count_steps, plan_steps, prepare_keys, use_fused
 from .tiling import Blender, Tile, grow, intersects, plan_cells, plan_tiles
 
 MIN_REF = 16  # reference pixels (a 4×4 grid of searchable patches)
@@ -94,19 +95,33 @@ class _Engine:
         self.net = self.model.network
         self.phases = resolve_phases(phases, self.net, [tuple(p.pixels.shape[1:]) for p in refs],
                                      element_bytes=2 if self.model.half else 4)
-        ref_t, ref_du = [], []
+        self._copies = ([], [])  # each searched copy and its Ref↓↑, until encode()
         self.ref_shapes = []  # key grid of each searched copy
         self.ref_origins = []  # (reference number, dy, dx) of each searched copy (napari_refsr.phases)
         for n, p in enumerate(refs):
             for pix, (dy, dx) in phase_views(p.pixels.to(self.device, torch.float32), self.phases):
-                ref_t.append(to_net(pix)[None].to(self.dtype))
-                ref_du.append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
+                self._copies[0].append(to_net(pix)[None].to(self.dtype))
+                self._copies[1].append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
                 self.ref_shapes.append((pix.shape[1] // 4, pix.shape[2] // 4))
                 self.ref_origins.append((n, dy, dx))
-        with torch.inference_mode():
-            self.bank = self.net.encode_references(ref_t, ref_du)[0]
-        # float32 products unless the model runs in half; the keys' padding and norms made once
+        self.bank = self.keys = None
+        # float32 products unless the model runs in half
         self.product = torch.float16 if self.model.half else None
+
+    @property
+    def encode_steps(self) -> int:
+        """Progress steps of :meth:`encode`: keys and values of every searched copy."""
+        return 2 * len(self.ref_shapes)
+
+    def encode(self, tracker: Tracker | None = None) -> None:
+        """Encode the reference copies once (``tracker``: its steps, cancel inside the extractor);
+        the keys' padding and norms are made here too."""
+        refs, refs_du = self._copies
+        with torch.inference_mode(), (tracker.cancel_inside(self.net) if tracker else contextlib.nullcontext()):
+            if tracker is not None:
+                tracker.start(ENCODING, self.encode_steps)
+            self.bank = self.net.encode_references(refs, refs_du, step=tracker.step if tracker else None)[0]
+        self._copies = ([], [])
         self.keys = prepare_keys(self.bank.keys, product_dtype=self.product)
 
     def cell_query(self, lr: Prepared, cell: Tile) -> torch.Tensor:
@@ -124,7 +139,7 @@ class _Engine:
 
     def search_steps(self, cells: Sequence[Tile], budget: int) -> int:
         """Progress steps of searching ``cells`` with ``budget`` scratch bytes."""
-        shapes = self.keys.shapes
+        shapes = self.ref_shapes
         steps = 0
         for c in cells:
             shape = (c.y1 - c.y0, c.x1 - c.x0)
@@ -159,12 +174,16 @@ def search_cells(engine: _Engine, lr: Prepared, cells: Sequence[Tile], *, budget
     dev = engine.device
     s_map = torch.full((H, W), float("nan"), dtype=torch.float32, device=dev)
     idx_map = torch.full((H, W), -1, dtype=torch.long, device=dev)
+    # the fused kernel is compiled once per process: worth it for the whole job's search, not per cell
+    n_keys = sum(h * w for h, w in engine.keys.shapes)
+    work = sum((c.y1 - c.y0) * (c.x1 - c.x0) for c in cells) * n_keys * engine.bank.keys[0].shape[0]
+    fuse = use_fused(None, torch.device(dev), work)
     for cell in cells:
         with torch.inference_mode():
             q = engine.cell_query(lr, cell)
             extra = tracker.search_callbacks() if tracker is not None else {}
             s, idx = engine.net.attend(q, engine.bank, keys=engine.keys, budget_bytes=budget_bytes,
-                                       product_dtype=engine.product, **extra)
+                                       product_dtype=engine.product, fuse=fuse, **extra)
         s_map[cell.y0 : cell.y1, cell.x0 : cell.x1] = s.float()
         idx_map[cell.y0 : cell.y1, cell.x0 : cell.x1] = idx
     return s_map, idx_map
@@ -248,10 +267,11 @@ def _check_finite_output(sr: np.ndarray, engine: _Engine) -> None:
                          f"(damaged or overflowing weights){hint}")
 
 
-def _encode(model, refs, device, half, phases=None) -> _Engine:
-    """The engine with the reference set encoded; out-of-memory becomes advice."""
+@contextlib.contextmanager
+def _encoding():
+    """Around making the engine and encoding the references: out-of-memory becomes advice."""
     try:
-        return _Engine(model, refs, device, half, phases)
+        yield
     except Exception as err:  # noqa: BLE001 - re-raised with advice
         if is_out_of_memory(err):
             raise RefSRError("out of memory while encoding the reference images; use smaller "
@@ -279,12 +299,12 @@ class _Runner:
                 len(window.tiles(self.tile, self.overlap)))
 
     def _start(self, lr: Prepared) -> _Engine:
-        """Encode the references (one step) and plan every slice's steps (all slices are alike)."""
-        self.tracker.add(1)
-        self.tracker.start(ENCODING, 1)
-        self.engine = _encode(*self.args, self.phases)
-        self.tracker.add(self.total_slices * sum(self._steps(lr)))
-        self.tracker.step()
+        """Encode the references (two steps per searched copy) and plan every slice's steps (all
+        slices are alike)."""
+        with _encoding():
+            self.engine = _Engine(*self.args, self.phases)
+            self.tracker.add(self.engine.encode_steps + self.total_slices * sum(self._steps(lr)))
+            self.engine.encode(self.tracker)
         return self.engine
 
     def _retry(self, err: Exception, engine: _Engine) -> None:
@@ -475,8 +495,9 @@ class RegionUpscaler:
         if tile < MIN_TILE:
             raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
         prepared = _prepare_refs(refs, not colour, percentiles, ref_range)
-        self.engine = _encode(model, prepared, None if device is None else choose_device(device), half,
-                              phases)
+        with _encoding():
+            self.engine = _Engine(model, prepared, None if device is None else choose_device(device), half, phases)
+            self.engine.encode()
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(search_budget)
         self.value_range, self.percentiles = value_range, percentiles
         self.context = region_context(tile)

@@ -8,11 +8,12 @@ of P — computed separably, k views along x then k along y. Key patches are nor
 the scores by precomputed patch norms; query normalisation is applied to the final maximum only
 (it does not change the argmax). The running max/argmax over key bands is kept in float32.
 
-Layout: both feature maps are zero-padded by ``k // 2`` and flattened row-major, so a shift
-(dy, dx) of both patches is a diagonal offset ``(dy·Wq + dx, dy·Wk + dx)`` in P (W = padded
-widths); the positions in the pad columns give scores that are masked out (keys) or dropped
-(queries). Query rows are streamed: each step multiplies only its new rows and reuses the x-sums
-of the previous step's last ``k - 1`` rows, so no query row is multiplied twice.
+Layout: both feature maps are zero-padded by ``k // 2``; P of a step is viewed as (query rows,
+query columns, key rows, key columns), so the shifted views are 4-D slices and only valid patch
+positions are scored. Query rows are streamed: each step multiplies only its new rows and reuses
+the products of the previous step's last ``k - 1`` rows, so no query row is multiplied twice.
+The work after the product runs as eager torch passes or, on a CPU, as one fused kernel
+(``torch.compile``; :func:`use_fused`), with the same result.
 
 Work is cut into steps (one band of query rows × one band of key rows); ``progress(done, total)``
 is called after each step and ``cancel()`` before it, so a front end moves and stops within one
@@ -22,6 +23,7 @@ step (well under a second at the default sizes on a 2-core CPU).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -32,8 +34,12 @@ from .defaults import DEFAULT_SEARCH_BUDGET as DEFAULT_BUDGET
 from .errors import Cancelled
 
 EPS = 1e-12  # the eps of torch.nn.functional.normalize, used by the reference
-BLOCK_ELEMENTS = 1 << 22  # scores per step on a CPU (16 MB buffers); CUDA takes bigger steps
+BLOCK_ELEMENTS = 3 << 20  # pixel products per step on a CPU (12 MB buffers); CUDA takes bigger steps
 CUDA_BLOCK_ELEMENTS = 1 << 26
+# multiply-adds (query pixels × key pixels × C) from which a CPU search compiles its fused kernel:
+# below, the compilation (≈4 s with inductor's cache warm, ≈20 s cold, once per process) costs
+# more than it saves (the eager passes take ≈ 1/2 of the products' time, the fused one ≈ 1/7)
+FUSE_MIN_MULTIPLY_ADDS = 2e12
 
 __all__ = ["search", "search_padded", "patch_norms", "plan_steps", "count_steps", "prepare_keys", "KeySet", "DEFAULT_BUDGET", "EPS"]
 
@@ -83,16 +89,20 @@ def prepare_keys(keys: Sequence[torch.Tensor], *, patch: int = 3,
 
 
 def _rows_for(width_q: int, width_k: int, patch: int, n_rows_q: int, n_rows_k: int,
-              elements: int) -> tuple[int, int]:
-    """(query rows per step, key rows per band) for padded widths ``width_q``/``width_k``: key bands
-    of up to 64 rows (their halo then adds ~3 % to the products), as many query rows as keep the
-    product block within ``elements`` scores (measured best on a 2-core CPU: 4-32 query rows)."""
+              elements: int, max_query_rows: int | None) -> tuple[int, int]:
+    """(query rows per step, key rows per band) for padded widths ``width_q``/``width_k`` whose
+    product block ((query rows + halo) × Wq × (key rows + halo) × Wk scores) stays within
+    ``elements``. Measured best on a 2-core CPU (blocks of ~3 Mi scores, 16-64 key rows, 3-8 query
+    rows): first key bands of up to 16 rows that leave room for 3 query rows, then as many query
+    rows as fit (at most ``max_query_rows``), then the key bands grown into what is left (≤ 64)."""
     halo = patch - 1
-    key_rows = min(n_rows_k, 64)
-    while key_rows > 1 and (1 + halo) * width_q * (key_rows + halo) * width_k > elements:
+    key_rows = min(n_rows_k, 16)
+    while key_rows > 1 and (3 + halo) * width_q * (key_rows + halo) * width_k > elements:
         key_rows //= 2
     query_rows = elements // ((key_rows + halo) * width_k * width_q) - halo
-    return max(1, min(n_rows_q, query_rows)), key_rows
+    query_rows = max(1, min(n_rows_q, query_rows, max_query_rows or n_rows_q))
+    grown = elements // ((query_rows + halo) * width_q * width_k) - halo
+    return query_rows, max(key_rows, min(n_rows_k, 64, grown))
 
 
 def plan_steps(query_shape: tuple[int, int], key_shapes: Sequence[tuple[int, int]], *, patch: int = 3,
@@ -104,12 +114,12 @@ def plan_steps(query_shape: tuple[int, int], key_shapes: Sequence[tuple[int, int
     halo = patch - 1
     dev = torch.device(device)
     elements = CUDA_BLOCK_ELEMENTS if dev.type == "cuda" else BLOCK_ELEMENTS
-    # three float32 score-sized buffers (products P, x-sums A, scores S), the rows shared with
+    # three float32 buffers the size of a block (products P, x-sums A, scores S), the rows shared with
     # the next step and per-step temporaries: ~24 bytes per score of the block
     elements = max(1, min(elements, budget_bytes // 24))
     plan = []
     for i, (hk, wk) in enumerate(key_shapes):
-        qr, kr = _rows_for(w + halo, wk + halo, patch, h, hk, elements)
+        qr, kr = _rows_for(w + halo, wk + halo, patch, h, hk, elements, None if dev.type == "cuda" else 8)
         plan.append((i, query_rows or qr, key_rows or kr))
     return plan
 
@@ -147,6 +157,86 @@ def _row_argmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return val, row, col
 
 
+def _patch_scores(p4: torch.Tensor, inv: torch.Tensor, patch: int, a: torch.Tensor | None = None,
+                  s: torch.Tensor | None = None) -> torch.Tensor:
+    """Patch scores (qb, w, kb, wk) from pixel products ``p4`` (qb+h, w+h, kb+h, wk+h) (h = patch-1,
+    query rows/columns × key rows/columns, padded), divided by the key patch norms (``1 / ‖key‖``
+    = ``inv`` (kb, wk)): x-sums then y-sums of the shifted views. ``a``/``s``: optional output
+    buffers of the x-sums (qb+h, w, kb+h, wk) and the scores (the eager path reuses them)."""
+    halo = patch - 1
+    qh, wh, kh, wkh = p4.shape
+    w, wk = wh - halo, wkh - halo
+    qb, kb = qh - halo, kh - halo
+    x = [p4[:, dx : dx + w, :, dx : dx + wk] for dx in range(patch)]
+    a = torch.add(x[0], x[1], out=a) if patch > 1 else x[0]
+    for view in x[2:]:
+        a = a.add_(view) if a.is_contiguous() else a + view
+    y = [a[dy : dy + qb, :, dy : dy + kb] for dy in range(patch)]
+    s = torch.add(y[0], y[1], out=s) if patch > 1 else y[0].clone()
+    for view in y[2:]:
+        s = s.add_(view) if s.is_contiguous() else s + view
+    return s.mul_(inv) if s.is_contiguous() else s * inv
+
+
+def _fusable_best(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best score per (query pixel, key row) and its column: (qb, w, kb) each — the part the
+    compiled kernel fuses into one pass over the products."""
+    return _patch_scores(p4, inv, patch).max(dim=3)
+
+
+_FUSED: dict = {}  # "kernel": the compiled _fusable_best, or "broken": why it cannot be used
+_FUSED_LOCK = threading.Lock()  # compiling (and calling) from several threads at once is not safe
+
+
+def fused_available() -> str | None:
+    """None when the fused CPU kernel can be used, else the reason (no C++ compiler, …)."""
+    _fused_kernel()
+    return _FUSED.get("broken")
+
+
+def _fused_kernel():
+    """torch.compile'd :func:`_fusable_best` (dynamic shapes: one compilation per process and
+    patch size, cached on disk by inductor), or None when it cannot be built here."""
+    if "kernel" not in _FUSED and "broken" not in _FUSED:
+        try:
+            import shutil
+
+            if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+                raise RuntimeError("no C++ compiler (g++) on PATH")
+            _FUSED["kernel"] = torch.compile(_fusable_best, dynamic=True)
+        except Exception as err:  # noqa: BLE001 - any failure: the eager path computes the same
+            _FUSED["broken"] = f"{type(err).__name__}: {err}".splitlines()[0]
+    return _FUSED.get("kernel")
+
+
+def use_fused(fuse: bool | None, device: torch.device, multiply_adds: float) -> bool:
+    """Fused kernel: on request, or on a CPU for searches big enough to repay its compilation."""
+    if fuse is False or device.type != "cpu":
+        return False
+    if fuse is None and multiply_adds < FUSE_MIN_MULTIPLY_ADDS:
+        return False
+    return _fused_kernel() is not None
+
+
+def _best_fused(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(val, row, col) (qb, w) like :func:`_row_argmax` of the scores, by the compiled kernel."""
+    kernel = _fused_kernel()
+    if min(inv.shape) < 2 or p4.shape[0] - patch < 1:  # sizes 0/1 would compile a kernel of their own
+        return _row_argmax(_patch_scores(p4, inv, patch))
+    try:
+        from torch.fx.experimental import _config as fx_config
+
+        # no "duck" shapes: sizes that happen to be equal get their own symbols (no recompilation)
+        with _FUSED_LOCK, fx_config.patch(use_duck_shape=False):
+            vals, cols = kernel(p4, inv, patch)
+    except Exception as err:  # noqa: BLE001 - a failed compilation falls back to the eager path
+        _FUSED.pop("kernel", None)
+        _FUSED["broken"] = f"{type(err).__name__}: {err}".splitlines()[0]
+        return _row_argmax(_patch_scores(p4, inv, patch))
+    val, row = vals.max(dim=2)  # first key row holding the max: ties go to the lowest (row, col)
+    return val, row, cols.gather(2, row[:, :, None])[:, :, 0]
+
+
 @torch.no_grad()
 def search_padded(
     q_pad: torch.Tensor,
@@ -158,6 +248,7 @@ def search_padded(
     query_rows: int | None = None,
     key_rows: int | None = None,
     product_dtype: torch.dtype | None = None,
+    fuse: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +274,7 @@ def search_padded(
     plan = plan_steps((h, w), shapes, patch=patch, budget_bytes=budget_bytes, query_rows=query_rows,
                       key_rows=key_rows, device=dev)
     total = count_steps((h, w), shapes, plan)
+    fused = use_fused(fuse, dev, float(h * w) * sum(hk * wk for hk, wk in shapes) * c)
 
     # operands in the product dtype, scaled like the keys' (see prepare_keys)
     low = dtype in (torch.float16, torch.bfloat16)
@@ -198,60 +290,43 @@ def search_padded(
     for (_, qr, kr), key, (hk, wk) in zip(plan, keys.keys, shapes):
         wkp = wk + halo
         k_op, inv_norm, k_scale = key.op, key.inv_norm, key.scale
-        inv = torch.zeros(kr, wkp, device=dev)  # per score column: 1/‖key patch‖ (pad columns: 0)
         width = (kr + halo) * wkp
-        # zero-filled once: entries at pad positions are computed on but never set, and stale
-        # garbage there (denormals, NaN) would slow every pass down
-        p_buf = torch.zeros((qr + halo) * wp * width, device=dev)
-        a_buf = torch.zeros((qr + halo) * wp * width, device=dev)
-        s_buf = torch.zeros(qr * wp * kr * wkp, device=dev)
-        keep_buf = torch.zeros(halo * wp * width, device=dev)  # x-sums of the rows the next step shares
+        # allocated once per reference (large buffers are not recycled by the CPU allocator)
+        p_buf = torch.empty((qr + halo) * wp * width, device=dev)
+        a_buf = None if fused else torch.empty((qr + halo) * w * (kr + halo) * wk, device=dev)
+        s_buf = None if fused else torch.empty(qr * w * kr * wk, device=dev)
         for y0 in range(0, hk, kr):
             kb = min(kr, hk - y0)
             k_cols = k_op[:, y0 : y0 + kb + halo].reshape(c, -1)  # (C, (kb+halo)·Wk)
             nk = k_cols.shape[1]
-            inv.zero_()
-            inv[:kb, :wk] = inv_norm[y0 : y0 + kb]
-            inv_flat = inv[:kb].reshape(-1)
+            inv = inv_norm[y0 : y0 + kb]
             for q0 in range(0, h, qr):
                 if cancel is not None and cancel():
                     raise Cancelled("cancelled")
                 qb = min(qr, h - q0)
+                # pixel products of the step's padded query rows; all but the first step reuse
+                # the previous step's last `halo` rows (moved to the front), so no row is multiplied twice
                 first = q0 == 0
-                new0 = q0 if first else q0 + halo  # first padded query row not multiplied yet
-                n_new = (q0 + qb + halo - new0) * wp
-                p = p_buf[: n_new * nk].view(n_new, nk)
-                _product(q_flat[new0 * wp : new0 * wp + n_new], k_cols, p, dtype)
-                # x-sums of the new rows: A[i, j] = Σ_dx P[i + dx, j + dx] (the last `halo`
-                # entries of a row are pad positions and stay unset)
-                n_rows = (qb + halo) * wp
-                a = a_buf[: n_rows * nk].view(n_rows, nk)
-                a_new = a[n_rows - n_new :]
-                ma, na = n_new - halo, nk - halo
-                torch.add(p[:ma, :na], p[1 : ma + 1, 1 : na + 1], out=a_new[:ma, :na])
-                for dx in range(2, patch):
-                    a_new[:ma, :na].add_(p[dx : ma + dx, dx : na + dx])
-                if not first:
-                    a[: halo * wp].copy_(keep)
-                # y-sums: S[i, j] = Σ_dy A[i + dy·Wq, j + dy·Wk]
-                ms, ns = qb * wp - halo, kb * wkp - halo
-                s = s_buf[: qb * wp * kb * wkp].view(qb * wp, kb * wkp)
-                s_view = s[:ms, :ns]
-                torch.add(a[:ms, :ns], a[wp : wp + ms, wkp : wkp + ns], out=s_view)
-                for dy in range(2, patch):
-                    s_view.add_(a[dy * wp : dy * wp + ms, dy * wkp : dy * wkp + ns])
-                s.mul_(inv_flat)
-                s.view(qb * wp, kb, wkp)[:, :, wk:] = -math.inf  # key pad positions never win
-                val, row, col = _row_argmax(s.view(qb, wp, kb, wkp)[:, :w])
+                new0 = q0 if first else q0 + halo
+                p = p_buf[: (qb + halo) * wp * nk].view((qb + halo) * wp, nk)
+                done_rows = 0 if first else halo * wp
+                _product(q_flat[new0 * wp : (q0 + qb + halo) * wp], k_cols, p[done_rows:], dtype)
+                p4 = p.view(qb + halo, wp, kb + halo, wkp)
+                if fused:
+                    val, row, col = _best_fused(p4, inv, patch)
+                else:
+                    a = a_buf[: (qb + halo) * w * (kb + halo) * wk].view(qb + halo, w, kb + halo, wk)
+                    s = s_buf[: qb * w * kb * wk].view(qb, w, kb, wk)
+                    val, row, col = _row_argmax(_patch_scores(p4, inv, patch, a, s))
                 val = val * (q_scale * k_scale)
                 arg = offset + (y0 + row) * wk + col
                 rows = slice(q0, q0 + qb)
                 better = val > best[rows]
                 best[rows] = torch.where(better, val, best[rows])
                 best_idx[rows] = torch.where(better, arg, best_idx[rows])
-                if q0 + qr < h:
-                    keep = keep_buf[: halo * wp * nk].view(halo * wp, nk)
-                    keep.copy_(a[n_rows - halo * wp :])
+                if q0 + qr < h and halo:
+                    tail = p[qb * wp :]
+                    p[: halo * wp].copy_(tail.clone() if qb < halo else tail)
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -5,7 +5,7 @@ texture extractor, its trainable parameter groups and the texture loss that appl
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -92,11 +92,13 @@ class RefSRNetwork(nn.Module):
         return groups
 
     def encode_references(
-        self, refs: Sequence[torch.Tensor], refs_down_up: Sequence[torch.Tensor]
+        self, refs: Sequence[torch.Tensor], refs_down_up: Sequence[torch.Tensor],
+        step: Callable[[], None] | None = None,
     ) -> list[ReferenceBank]:
         """Per sample, the features of its references. Each tensor is (N or 1, 3, Hr, Wr)
         with Hr, Wr multiples of 4; a batch of 1 is shared by all samples. Keys are relu3_1 of
-        Ref↓↑, values the three levels of the original Ref."""
+        Ref↓↑, values the three levels of the original Ref. ``step`` (if given) is called after
+        each reference's keys and after its values (progress: 2 steps per reference)."""
         n = max(r.shape[0] for r in refs)
         banks = [ReferenceBank([], [], [], []) for _ in range(n)]
         for ref, ref_du in zip(refs, refs_down_up):
@@ -104,7 +106,11 @@ class RefSRNetwork(nn.Module):
                 raise ValueError(f"reference and its Ref↓↑ must match and be multiples of 4, got "
                                  f"{tuple(ref.shape)} and {tuple(ref_du.shape)}")
             keys = self.extract(ref_du)[2]
+            if step is not None:
+                step()
             lv1, lv2, lv3 = self.extract(ref)
+            if step is not None:
+                step()
             for b in range(n):
                 i = b if ref.shape[0] > 1 else 0
                 banks[b].keys.append(keys[i])

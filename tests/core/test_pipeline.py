@@ -65,6 +65,7 @@ def test_search_cells_equal_the_whole_images_search(tiny_model, astronaut, tile,
 
     lr = _prepared(np.ascontiguousarray(astronaut[::4, ::4][:37, :40]))
     engine = pipeline._Engine(tiny_model, [_prepared(astronaut[:160, 200:360])], "cpu", False)
+    engine.encode()
     cells = plan_cells(37, 40, tile, overlap)
     s, idx = pipeline.search_cells(engine, lr, cells, budget_bytes=budget)
     _, up = pipeline._lr_and_up(lr, pipeline.Tile(0, 37, 0, 40), "cpu", torch.float32)
@@ -190,8 +191,9 @@ def test_stack_and_axes(tiny_model):
 
 
 def test_progress_phases_and_cancel(tiny_model, astronaut):
-    """progress(done, total) counts the whole job (encoding, every search step, every tile) with
-    the total known from the first call; phase(name, done, total) starts each phase at 0."""
+    """progress(done, total) counts the whole job (encoding: keys and values of each reference
+    copy, every search step, every tile) with the total known from the first call;
+    phase(name, done, total) starts each phase at 0."""
     lr = np.ascontiguousarray(astronaut[::4, ::4][:48, :48])
     ref = astronaut[:128, :128]
     calls, phases = [], []
@@ -202,12 +204,12 @@ def test_progress_phases_and_cancel(tiny_model, astronaut):
     n_search = names.count("searching") - 1
     assert n_search >= 4  # a small budget: the search reports several steps
     assert [d for d, _ in calls] == list(range(1, len(calls) + 1))
-    assert {t for _, t in calls} == {1 + n_search + n_tiles}
-    expected = [("encoding references", i, 1) for i in range(2)]
+    assert {t for _, t in calls} == {2 + n_search + n_tiles}
+    expected = [("encoding references", i, 2) for i in range(3)]
     expected += [("searching", i, n_search) for i in range(n_search + 1)]
     expected += [("running tiles", i, n_tiles) for i in range(n_tiles + 1)]
     assert phases == expected
-    for stop_after in (0, 3, 1 + n_search + 2):  # before anything, while searching, between tiles
+    for stop_after in (0, 1, 4, 2 + n_search + 2):  # before anything, while encoding, searching, between tiles
         seen = []
         with pytest.raises(Cancelled):
             rs.upscale(tiny_model, lr, ref, tile=32, progress=lambda d, t: seen.append(d),
@@ -223,13 +225,14 @@ def test_cancel_acts_inside_a_tile(tiny_model, astronaut):
 
     def cancel():
         polls.append(phases[-1] if phases else None)
-        return bool(phases) and phases[-1][0] == "running tiles" and len(polls) > 40
+        return sum(p == ("running tiles", 0, 1) for p in polls) > 8  # the 9th poll inside the tile
 
     with pytest.raises(Cancelled):
         rs.upscale(tiny_model, lr, astronaut[:128, :128], tile=128, device="cpu",
                    phase=lambda *a: phases.append(a), cancel=cancel)
     assert phases[-1] == ("running tiles", 0, 1)  # the single tile never finished
-    assert sum(p == ("running tiles", 0, 1) for p in polls) > 5  # polled again and again inside it
+    assert sum(p == ("running tiles", 0, 1) for p in polls) == 9  # polled again and again inside it
+    assert sum(p is not None and p[0] == "encoding references" for p in polls) > 5  # and inside the encoder
     # the hooks are gone afterwards: a run without cancel is untouched
     assert not any(m._forward_pre_hooks for m in tiny_model.network.modules())
 

@@ -78,17 +78,18 @@ def test_search_one_reference_equals_dense():
     assert_same_search(ts.search(q, [k]), q, [k])
 
 
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize(
     "query_rows,key_rows",
     [(None, None), (1, 1), (2, 3), (3, 2), (5, 7), (4, None), (None, 4), (16, 29), (40, 40)],
 )
-def test_search_several_references_any_chunking(query_rows, key_rows):
+def test_search_several_references_any_chunking(query_rows, key_rows, fuse):
     """Global index = references concatenated in order, row-major; bands that do not divide the
     query's 17 rows nor any reference's 13, 9, 30 rows (and bands taller than the map) change
-    nothing."""
+    nothing — with the eager passes and with the fused kernel."""
     q = feats(16, 17, 19, seed=3)
     keys = [feats(16, 13, 17, seed=4), feats(16, 9, 12, seed=5), feats(16, 30, 7, seed=6)]
-    got = ts.search(q, keys, query_rows=query_rows, key_rows=key_rows)
+    got = ts.search(q, keys, query_rows=query_rows, key_rows=key_rows, fuse=fuse)
     assert_same_search(got, q, keys)
 
 
@@ -142,13 +143,40 @@ def test_search_finds_a_cropped_reference(normalize_query):
     np.testing.assert_array_equal(decoded[inner][..., 2], (xs + dx)[inner].numpy())
 
 
-def test_search_lowest_index_wins_exact_ties():
-    """Identical references tie exactly everywhere: the first one wins, as torch.max does."""
+@pytest.mark.parametrize("fuse", [False, True])
+def test_search_lowest_index_wins_exact_ties(fuse):
+    """Identical references tie exactly everywhere: the first one wins, as torch.max does; so
+    does the first of tied positions inside one reference (a constant key map)."""
     q, k = feats(4, 6, 7, seed=16), feats(4, 5, 5, seed=17)
-    s, idx = ts.search(q, [k, k.clone(), k.clone()], key_rows=2)
-    s1, idx1 = ts.search(q, [k])
+    s, idx = ts.search(q, [k, k.clone(), k.clone()], key_rows=2, fuse=fuse)
+    s1, idx1 = ts.search(q, [k], fuse=fuse)
     assert torch.equal(idx, idx1)
     torch.testing.assert_close(s, s1)
+    # constant maps: every interior key patch matches an interior query patch exactly (S = 1, the
+    # same sums in the same order); the first of them (row 1, column 1 of a 10-wide map) wins
+    s, idx = ts.search(torch.ones(4, 6, 7), [torch.ones(4, 9, 10)], fuse=fuse)
+    assert (idx[1:-1, 1:-1] == 11).all()
+    torch.testing.assert_close(s[1:-1, 1:-1], torch.ones(4, 5))
+
+
+def test_fused_kernel_equals_the_eager_passes():
+    """The compiled kernel (the CPU default for big searches) builds here, and gives the eager
+    passes' index exactly and their S to float rounding, with and without query normalisation."""
+    from napari_refsr import shift_search
+
+    q = feats(32, 37, 41, seed=70)
+    keys = [feats(32, 50, 45, seed=71), feats(32, 20, 61, seed=72)]
+    for normalize_query in (True, False):
+        eager = ts.search(q, keys, fuse=False, normalize_query=normalize_query, query_rows=6, key_rows=9)
+        fused = ts.search(q, keys, fuse=True, normalize_query=normalize_query, query_rows=6, key_rows=9)
+        assert shift_search.fused_available() is None  # compiled and used, not the eager fallback
+        assert torch.equal(fused[1], eager[1])
+        torch.testing.assert_close(fused[0], eager[0], atol=1e-6, rtol=1e-6)
+    assert_same_search(fused, q, keys, normalize_query=False, atol=1e-4)
+    # the default picks it only for searches big enough to repay the compilation, and only on a CPU
+    assert not shift_search.use_fused(None, torch.device("cpu"), 1e9)
+    assert shift_search.use_fused(None, torch.device("cpu"), 1e13)
+    assert not shift_search.use_fused(True, torch.device("cuda"), 1e13)
 
 
 def test_search_larger_patches_equal_dense():
