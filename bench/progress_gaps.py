@@ -53,10 +53,11 @@ def model(published: bool):
     return rs.load_model(path, device="cpu", cache=False)
 
 
-def gaps(m, lr, ref, tile: int) -> dict[str, tuple[int, float, float]]:
+def gaps(m, lr, ref, tile: int, phases: int | None) -> dict[str, tuple[int, float, float]]:
     """Phase → (updates, longest gap s, phase duration s) of one whole run."""
     events: list[tuple[float, str]] = []
-    rs.upscale_detailed(m, lr, ref, tile=tile, device="cpu", phase=lambda name, d, t: events.append((time.perf_counter(), name)))
+    rs.upscale_detailed(m, lr, ref, tile=tile, device="cpu", phases=phases,
+                        phase=lambda name, d, t: events.append((time.perf_counter(), name)))
     out: dict[str, tuple[int, float, float]] = {}
     for name in dict.fromkeys(n for _, n in events):
         times = [t for t, n in events if n == name]
@@ -65,7 +66,7 @@ def gaps(m, lr, ref, tile: int) -> dict[str, tuple[int, float, float]]:
     return out
 
 
-def cancel_latency(m, lr, ref, tile: int, phase_name: str, after: float) -> float:
+def cancel_latency(m, lr, ref, tile: int, phase_name: str, after: float, phases: int | None) -> float:
     """Seconds from a cancel request (``after`` s into ``phase_name``) to Cancelled in the caller."""
     flag = threading.Event()
     asked: list[float] = []
@@ -81,7 +82,7 @@ def cancel_latency(m, lr, ref, tile: int, phase_name: str, after: float) -> floa
             timer[0].start()
 
     try:
-        rs.upscale_detailed(m, lr, ref, tile=tile, device="cpu", phase=on_phase, cancel=flag.is_set)
+        rs.upscale_detailed(m, lr, ref, tile=tile, device="cpu", phase=on_phase, cancel=flag.is_set, phases=phases)
     except rs.Cancelled:
         return time.perf_counter() - asked[0]
     return float("nan")  # finished before the request
@@ -93,22 +94,23 @@ def main(argv=None) -> None:
     p.add_argument("--ref", type=int, default=1024)
     p.add_argument("--tile", type=int, default=rs.DEFAULT_TILE)
     p.add_argument("--published", action="store_true", help="the published-size TTSR (random weights)")
-    p.add_argument("--cancel-in", default="searching,running tiles")
+    p.add_argument("--phases", type=int, default=None, help="phase copies per axis (default: the model's)")
+    p.add_argument("--cancel-in", default="encoding references,searching,running tiles")
     p.add_argument("--cancel-after", type=float, default=2.0)
     args = p.parse_args(argv)
     lr, ref = inputs(args.lr, args.ref)
     m = model(args.published)
     name = "published-size TTSR (random)" if args.published else rs.DEFAULT_MODEL
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; LR {args.lr}², reference {args.ref}², "
-          f"{name}, tile {args.tile}\n")
+          f"{name}, tile {args.tile}, phases {args.phases or 'the model default'}\n")
     print("| phase | updates | longest gap between updates | phase time |")
     print("|---|---|---|---|")
-    for phase_name, (n, gap, total) in gaps(m, lr, ref, args.tile).items():
+    for phase_name, (n, gap, total) in gaps(m, lr, ref, args.tile, args.phases).items():
         print(f"| {phase_name} | {n} | {gap:.2f} s | {total:.1f} s |", flush=True)
     print("\n| cancel requested | latency to Cancelled |")
     print("|---|---|")
     for phase_name in [c for c in args.cancel_in.split(",") if c]:
-        latency = cancel_latency(m, lr, ref, args.tile, phase_name, args.cancel_after)
+        latency = cancel_latency(m, lr, ref, args.tile, phase_name, args.cancel_after, args.phases)
         print(f"| {args.cancel_after:g} s into {phase_name} | {latency:.2f} s |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
