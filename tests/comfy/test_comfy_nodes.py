@@ -314,7 +314,9 @@ def test_upscale_batch_shapes_range_and_comfy_services(model, scene, monkeypatch
     # each search step, each tile) over both images, counting up to a total known from the start
     values = [v for v, _ in events]
     assert values == list(range(1, len(events) + 1)) and {t for _, t in events} == {len(events)}
-    assert len(events) == 1 + 2 * (1 + 1)  # encoding + per image: one search step, one tile
+    # encoding (the reference's keys, its values) + per image: two search steps (a CPU step takes
+    # at most 8 of the LR's 16 rows), one tile
+    assert len(events) == 2 + 2 * (2 + 1)
 
 
 def test_several_references_second_third_input_and_batch(model, scene):
@@ -406,9 +408,14 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monke
 
 def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):
     """The server's progress hook raises InterruptProcessingException when the user cancels."""
+    from napari_refsr.shift_search import count_steps, plan_steps
+
     events = []
-    cells = len(plan_cells(36, 16, 32, napari_refsr.DEFAULT_OVERLAP))  # one search step each here
-    first_tile = 1 + cells + 1
+    cells = plan_cells(36, 16, 32, napari_refsr.DEFAULT_OVERLAP)
+    keys = [(scene["hr"].shape[0] // 4, scene["hr"].shape[1] // 4)]
+    shapes = [(c.y1 - c.y0, c.x1 - c.x0) for c in cells]
+    search = sum(count_steps(shape, keys, plan_steps(shape, keys)) for shape in shapes)
+    first_tile = 2 + search + 1  # encoding (keys, values), the search, the first tile
 
     def server_hook(value, total, preview, node_id=None):
         events.append((value, total))
@@ -420,8 +427,9 @@ def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):
     with pytest.raises(mm.InterruptProcessingException):
         run(cn.RefSRUpscale, image=_image(scene["big"]), reference=_image(scene["hr"]), refsr_model=model,
             tile_size=32)
-    # encoding, the search (one step per search cell), the first of two tiles; then stopped
-    assert cells == 3 and events == [(v, first_tile + 1) for v in range(1, first_tile + 1)]
+    # encoding, the search (several steps per search cell), the first of two tiles; then stopped
+    assert len(cells) == 3 and search > len(cells)
+    assert events == [(v, first_tile + 1) for v in range(1, first_tile + 1)]
     assert not mm.processing_interrupted() and model.device.type == "cpu"
 
 

@@ -160,8 +160,9 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert widget.running
     _wait_idle(qtbot, widget)
     assert errors == []
-    # the whole job's steps: encoding the reference, then per slice one search step and one tile
-    assert widget.progress.value == widget.progress.max == 1 + 3 * 2
+    # the whole job's steps: encoding the reference (keys, values), then per slice three search
+    # steps (8 of its 24 rows each) and one tile
+    assert widget.progress.value == widget.progress.max == 2 + 3 * (3 + 1)
 
     out = viewer.layers["stack ×4"]
     assert out.data.shape == (3, 96, 96) and out.data.dtype == np.uint16
@@ -292,10 +293,11 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     go.set()
     _wait_idle(qtbot, widget)
 
-    # stopped after the first of four slices: encoding, its search step and its tile (of 1 + 4 × 2)
-    assert seen[-1] == (3, 9, "running tiles: 1 of 1")
-    assert [m for *_, m in seen] == ["encoding references: 1 of 1", "searching: 0 of 1", "searching: 1 of 1",
-                                     "running tiles: 0 of 1", "running tiles: 1 of 1"]
+    # stopped after the first of four slices: encoding, its search steps and its tile (of 2 + 4 × 4)
+    assert seen[-1] == (6, 18, "running tiles: 1 of 1")
+    assert [m for *_, m in seen] == ["encoding references: 1 of 2", "encoding references: 2 of 2",
+                                     "searching: 0 of 3", "searching: 1 of 3", "searching: 2 of 3",
+                                     "searching: 3 of 3", "running tiles: 0 of 1", "running tiles: 1 of 1"]
     assert len(viewer.layers) == n_before and errors == []
     assert widget.status.value == "cancelled"
     assert widget.run_button.enabled and not widget.cancel_button.enabled
