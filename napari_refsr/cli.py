@@ -37,23 +37,23 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
-from . import DEFAULT_MODEL, DEFAULT_TILE, __version__, imageio, load_model, upscale_nd, weights
+from . import __version__
+from .defaults import DEFAULT_MODEL, DEFAULT_TILE
 from .errors import Cancelled, RefSRError
 from .large.paths import DEFAULT_CHUNK, is_zarr_path
-from .normalize import MIN_SIZE, check_image
 from .paths import check_no_clash
 from .phases import PHASES
-from .pipeline import MIN_REF
-from .weights import pins
+
+if TYPE_CHECKING:  # the parser stays free of heavy imports: torch, numpy and the core load per command
+    import numpy as np
 
 PROG = "refsr"
 SCALE = 4
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CHUNKS = "upscaling chunks"  # the out-of-core run's one phase
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,14 +161,21 @@ def _layout(meta: dict, ndim: int) -> tuple[tuple[int, int], int | None, str]:
     return (ndim - 2, ndim - 1), None, axes
 
 
-def _check_slices(array: np.ndarray, has_channels: bool, what: str, min_size: int = MIN_SIZE) -> None:
-    """The core's image check on every 2D slice, naming the file (before any long work starts)."""
+def _check_slices(array: np.ndarray, has_channels: bool, what: str, min_size: int | None = None) -> None:
+    """The core's image check on every 2D slice, naming the file (before any long work starts);
+    ``min_size`` defaults to the core's minimum LR side."""
+    from .normalize import MIN_SIZE, check_image
+
+    min_size = MIN_SIZE if min_size is None else min_size
     plane = array.shape[-3:] if has_channels else array.shape[-2:]
     for image in array.reshape((-1,) + plane):
         check_image(image, what, min_size)
 
 
 def _read_reference(path: str) -> np.ndarray:
+    from . import imageio
+    from .pipeline import MIN_REF
+
     ref, meta = imageio.read_image_with_meta(path)
     if meta.get("is_stack"):
         raise RefSRError(f"reference {path} is a stack of shape {ref.shape}; a reference must be one 2D image "
@@ -178,12 +185,16 @@ def _read_reference(path: str) -> np.ndarray:
 
 
 def _is_tiff(path: str) -> bool:
+    from . import imageio
+
     return imageio.SUFFIXES.get(Path(path).suffix.lower()) == "tiff"
 
 
 def _confidence_for(path: str, conf: np.ndarray) -> tuple[np.ndarray, str]:
     """The confidence map as written to ``path`` and a note on it: the raw float32 S for TIFF; for
     PNG/JPEG, which cannot hold floats, the 8-bit angle picture of :mod:`.confidence`."""
+    import numpy as np
+
     from . import confidence
 
     if _is_tiff(path):
@@ -193,33 +204,64 @@ def _confidence_for(path: str, conf: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 class _Progress:
-    """A tqdm bar on stderr fed by the core's progress(done, total) callback."""
+    """What a long run is doing, on a terminal's stderr: a transient status line for the steps
+    without a count (reading, loading the model) and a tqdm bar per phase of the core
+    (``phase(name, done, total)``, :mod:`.progress`), each made when its phase starts, so its rate
+    and elapsed time are real from the first line. Nothing is left behind, so an error stays the
+    only line."""
 
-    def __init__(self, enabled: bool, unit: str = "tile"):
+    UNITS = {"running tiles": "tile", CHUNKS: "chunk"}
+
+    def __init__(self, enabled: bool, slices: int = 1):
+        self.enabled, self.slices = enabled, slices
+        self.slice = 0
         self.bar = None
-        self.enabled = enabled
-        self.unit = unit
+        self.name = None
+        self.status = False
 
-    def __call__(self, done: int, total: int) -> None:
+    def say(self, text: str) -> None:
+        if self.enabled:
+            self.close()
+            sys.stderr.write(f"\r\x1b[K{PROG}: {text}…")
+            sys.stderr.flush()
+            self.status = True
+
+    def __call__(self, name: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        if self.bar is None:
+        if name != self.name:
+            self.close()
+            self.name = name
+            if name == "searching":  # each slice of a stack is searched, then its tiles run
+                self.slice += 1
+            where = f" (slice {self.slice} of {self.slices})" if self.slices > 1 and self.slice else ""
             from tqdm import tqdm
 
             try:  # a terminal that reports no size (some CI ptys) would get an empty bar
                 ncols = os.get_terminal_size(sys.stderr.fileno()).columns or 80
             except (OSError, ValueError, AttributeError):
                 ncols = 80
-            self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, desc=PROG, leave=False, ncols=ncols)
+            self.bar = tqdm(total=total, unit=self.UNITS.get(name, "step"), file=sys.stderr,
+                            desc=f"{PROG}: {name}{where}", leave=False, ncols=ncols, mininterval=0.2)
         if self.bar.total != total:
             self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)
+        if done >= total:  # the last step is drawn even inside tqdm's redraw interval
+            self.bar.refresh()
+
+    def chunks(self, done: int, total: int) -> None:
+        """``progress(done, total)`` over the chunks of an out-of-core run."""
+        self(CHUNKS, done, total)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.status:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.status = False
+        self.name = None
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -242,19 +284,22 @@ def _out_of_core(args: argparse.Namespace) -> bool:
     return big
 
 
-def _cmd_upscale_large(args: argparse.Namespace, show_bar: bool) -> int:
+def _cmd_upscale_large(args: argparse.Namespace, report: _Progress) -> int:
     from .large import check_target, upscale_file
+    from .model import load_model
 
     check_target(Path(args.output))
-    refs = [_read_reference(p) for p in args.refs]
-    model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
-    bar = _Progress(show_bar, unit="chunk")
     try:
+        report.say("reading the references")
+        refs = [_read_reference(p) for p in args.refs]
+        report.say(f"loading model {args.model}")
+        model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
+        report.say(f"opening {args.lr}")
         out = upscale_file(model, args.lr, refs, args.output, channels=args.channels, scheduler_spec=args.scheduler,
                            workers=args.workers, chunk=args.chunk, tile=args.tile, device=args.device,
-                           phases=args.phases, progress=bar)
+                           phases=args.phases, progress=report.chunks)
     finally:
-        bar.close()
+        report.close()
     if not args.quiet:
         print(f"{PROG}: wrote {out}", file=sys.stderr)
     return EXIT_OK
@@ -262,13 +307,20 @@ def _cmd_upscale_large(args: argparse.Namespace, show_bar: bool) -> int:
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     _check_paths(args)
-    show_bar = not args.quiet and sys.stderr.isatty()
+    report = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     if _out_of_core(args):
-        return _cmd_upscale_large(args, show_bar)
+        return _cmd_upscale_large(args, report)
+    import numpy as np
+
+    from . import imageio
+
+    report.say(f"reading {args.lr}")
     lr, meta = imageio.read_image_with_meta(args.lr)
     spatial, channel_axis, axes = _layout(meta, lr.ndim)
     _check_slices(lr, channel_axis is not None, f"image {args.lr}")
     refs = [_read_reference(p) for p in args.refs]
+    report.close()
+    report.slices = int(np.prod([n for i, n in enumerate(lr.shape) if i not in spatial and i != channel_axis]))
 
     # Check every output before the long work: a bad name fails now, not after minutes.
     out_shape = list(lr.shape)
@@ -287,13 +339,16 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     if args.source:
         imageio.check_writable(args.source, lr_plain_shape + (3,), np.int32, meta=src_meta)
 
-    model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
-    bar = _Progress(show_bar)
+    report.say(f"loading model {args.model}")
+    from .model import load_model
+    from .pipeline import upscale_nd
+
     try:
+        model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
         result = upscale_nd(model, lr, refs, spatial_axes=spatial, channel_axis=channel_axis,
-                            tile=args.tile, device=args.device, phases=args.phases, progress=bar)
+                            tile=args.tile, device=args.device, phases=args.phases, phase=report)
     finally:
-        bar.close()
+        report.close()
 
     outputs = [(args.output, result.image, out_meta, "")]
     if args.confidence:
@@ -322,6 +377,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_list(args: argparse.Namespace) -> int:
+    from . import weights
+
     rows = weights.list_weights()
     width = max((len(r["name"]) for r in rows), default=4)
     for r in rows:
@@ -334,6 +391,9 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
 
 def _cmd_weights_pin(args: argparse.Namespace) -> int:
     import pooch
+
+    from . import weights
+    from .weights import pins
 
     spec = weights.get_spec(args.name)
     if not spec.is_prefix_hash:
@@ -349,6 +409,8 @@ def _cmd_weights_pin(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from . import weights
+
     path = weights.fetch(args.name, progress=not args.quiet and sys.stderr.isatty())
     print(path)
     return EXIT_OK
@@ -361,6 +423,8 @@ def _cmd_export_bioimageio(args: argparse.Namespace) -> int:
         raise RefSRError("give --test-image and --test-reference together")
     tests = None
     if args.test_image:
+        from . import imageio
+
         tests = (imageio.read_image(args.test_image), _read_reference(args.test_reference))
     path = export_bioimageio(args.model, args.output, channels=args.channels, name=args.name,
                              authors=args.author or ("napari-refsr developers",), licence=args.licence,

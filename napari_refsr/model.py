@@ -17,12 +17,12 @@ import torch
 from . import weights
 from .archs.convert import load_strict
 from .archs.registry import arch_of, build_network, check_state_dict
+from .defaults import DEFAULT_MODEL
 from .devices import choose_device
 from .errors import WeightsError
 
 __all__ = ["RefSRModel", "load_model", "DEFAULT_MODEL"]
 
-DEFAULT_MODEL = "refsr-compact"  # shipped in the package: works offline (docs/model-card.md)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import RefSRError
 from .model import RefSRModel, load_model
 
-MIN_TILE = 32  # LR pixels: smaller tiles leave the search almost no context
+from .defaults import MIN_TILE  # LR pixels: smaller tiles leave the search almost no context
 MIN_SEARCH_BUDGET = 16 * 2**20  # bytes; below this the chunked search crawls
 
 __all__ = ["MIN_TILE", "MIN_SEARCH_BUDGET", "check_int", "check_tile", "check_overlap", "check_percentiles",

@@ -2,43 +2,57 @@
 
 Steps: validate and normalise the LR image and the references (:mod:`.normalize`); crop each
 reference to a multiple of 4 and make Ref↓↑ with PIL-exact bicubic (:mod:`.resize`); encode the
-reference set once; run the network tile by tile over the LR image (LR↑ made per tile from the
-LR crop plus a margin, identical to resizing the whole image); blend tiles (:mod:`.tiling`);
-map the result back to the input's dtype and channels. On out-of-memory the tile and the search
-budget are halved and the slice is redone.
+reference set once; search the image once (:func:`search_cells`: the exact shift-sum search of
+:mod:`.shift_search`, cell by cell, each cell's level-3 texture features made from its LR crop
+plus enough margin to equal the whole image's); run the main network tile by tile, each tile
+taking its slice of S, of the index and of the textures transferred from it (LR↑ made per tile
+from the LR crop plus a margin, identical to resizing the whole image); blend tiles
+(:mod:`.tiling`); map the result back to the input's dtype and channels. On out-of-memory the
+search budget (search) or the tile (network) is halved and the slice is redone.
+
+The search cells are the partition of the image by every tile edge grown by one pixel
+(:func:`~napari_refsr.tiling.plan_cells`), so the pixels a set of tiles needs (the tiles and their
+1-pixel ring) are always whole cells. :class:`RegionUpscaler` (one chunk of an out-of-core image)
+therefore searches exactly the cells the in-memory run searches there, with operands of the same
+shapes, and its result equals the in-memory one bit for bit. Progress, phases and cancel:
+:mod:`.progress`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .confidence import upsample_confidence
+from .defaults import DEFAULT_OVERLAP, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE
 from .devices import choose_device, is_out_of_memory, release_memory
-from .errors import Cancelled, RefSRError
+from .errors import RefSRError
 from .model import RefSRModel
 from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore, to_net
-from .options import MIN_SEARCH_BUDGET, MIN_TILE, check_callback, check_overlap, check_percentiles
+from .options import MIN_SEARCH_BUDGET, check_callback, check_overlap, check_percentiles
 from .options import check_search_budget, check_tile, check_value_range, resolve_model
+from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Tracker
 from .phases import check_phases, phase_views, resolve_phases
 from .resize import down_up, resize_bicubic
-from .search import DEFAULT_BUDGET, decode_index
-from .tiling import Blender, Tile, intersects, plan_tiles
+from .search import decode_index
+from .shift_search import count_steps, plan_steps, prepare_keys, use_fused
+from .tiling import Blender, Tile, grow, intersects, plan_cells, plan_tiles
 
-DEFAULT_TILE = 128  # LR pixels
-DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles
 MIN_REF = 16  # reference pixels (a 4×4 grid of searchable patches)
 _LR_MARGIN = 3  # LR pixels of context that make a tile's LR↑ equal the whole image's
-
-Progress = Callable[[int, int], None]
-Cancel = Callable[[], bool]
+# LR pixels of context that make a cell's level-3 features, with their 1-pixel ring, equal the
+# whole image's: the ring's receptive field reaches 2.5 LR pixels (10 LR↑ pixels) further, and
+# bicubic LR↑ 2 more (measured: 4 is not enough, 5 is exact)
+FEATURE_MARGIN = 5
 
 __all__ = ["UpscaleResult", "upscale", "upscale_detailed", "upscale_nd", "RegionUpscaler", "region_context",
-           "resolve_axes", "DEFAULT_TILE", "DEFAULT_OVERLAP", "MIN_TILE"]
+           "resolve_axes", "search_cells", "DEFAULT_TILE", "DEFAULT_OVERLAP", "MIN_TILE"]
 
 
 @dataclass
@@ -57,45 +71,122 @@ def _as_list(ref) -> list:
     return [ref]
 
 
-class _Engine:
-    """The network on its device with the reference set encoded once; runs LR tiles."""
+def _lr_and_up(lr: Prepared, t: Tile, device, dtype, margin: int = _LR_MARGIN) -> tuple[torch.Tensor, torch.Tensor]:
+    """LR crop (1, 3, h, w) and its LR↑ (1, 3, 4h, 4w) in [-1, 1] for region ``t``; LR↑ is made
+    from the crop plus ``margin`` pixels (where the image has them), so it equals the whole
+    image's LR↑ there."""
+    _, H, W = lr.pixels.shape
+    ctx = grow(t, margin, H, W)
+    crop = lr.pixels[:, ctx.y0 : ctx.y1, ctx.x0 : ctx.x1].to(device, torch.float32)
+    up = resize_bicubic(crop, ((ctx.y1 - ctx.y0) * 4, (ctx.x1 - ctx.x0) * 4), quantize=lr.quantize)
+    ty, tx = t.y0 - ctx.y0, t.x0 - ctx.x0
+    th, tw = t.y1 - t.y0, t.x1 - t.x0
+    lr_t = to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(dtype)
+    up_t = to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(dtype)
+    return lr_t, up_t
 
-    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half, budget: int,
-                 phases: int | None = None):
+class _Engine:
+    """The network on its device with the reference set encoded once; searches cells, runs tiles."""
+
+    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half, phases: int | None = None):
         self.model = model.to(device if device is not None else model.device, half)
         self.device = self.model.device
         self.dtype = torch.float16 if self.model.half else torch.float32
         self.net = self.model.network
-        self.budget = budget  # the search's scratch bytes, passed with every call (the network is shared)
         self.phases = resolve_phases(phases, self.net, [tuple(p.pixels.shape[1:]) for p in refs],
                                      element_bytes=2 if self.model.half else 4)
-        ref_t, ref_du = [], []
+        self._copies = ([], [])  # each searched copy and its Ref↓↑, until encode()
         self.ref_shapes = []  # key grid of each searched copy
         self.ref_origins = []  # (reference number, dy, dx) of each searched copy (napari_refsr.phases)
         for n, p in enumerate(refs):
             for pix, (dy, dx) in phase_views(p.pixels.to(self.device, torch.float32), self.phases):
-                ref_t.append(to_net(pix)[None].to(self.dtype))
-                ref_du.append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
+                self._copies[0].append(to_net(pix)[None].to(self.dtype))
+                self._copies[1].append(to_net(down_up(pix, 4, quantize=p.quantize))[None].to(self.dtype))
                 self.ref_shapes.append((pix.shape[1] // 4, pix.shape[2] // 4))
                 self.ref_origins.append((n, dy, dx))
-        with torch.inference_mode():
-            self.bank = self.net.encode_references(ref_t, ref_du)[0]
+        self.bank = self.keys = None
+        # float32 products unless the model runs in half
+        self.product = torch.float16 if self.model.half else None
 
-    def run(self, lr: Prepared, tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """SR (3, 4h, 4w), S (h, w) and index (h, w) for one tile of the LR image."""
+    @property
+    def encode_steps(self) -> int:
+        """Progress steps of :meth:`encode`: keys and values of every searched copy."""
+        return 2 * len(self.ref_shapes)
+
+    def encode(self, tracker: Tracker | None = None) -> None:
+        """Encode the reference copies once (``tracker``: its steps, cancel inside the extractor);
+        the keys' padding and norms are made here too."""
+        refs, refs_du = self._copies
+        with torch.inference_mode(), (tracker.cancel_inside(self.net) if tracker else contextlib.nullcontext()):
+            if tracker is not None:
+                tracker.start(ENCODING, self.encode_steps)
+            self.bank = self.net.encode_references(refs, refs_du, step=tracker.step if tracker else None)[0]
+        self._copies = ([], [])
+        self.keys = prepare_keys(self.bank.keys, product_dtype=self.product)
+
+    def cell_query(self, lr: Prepared, cell: Tile) -> torch.Tensor:
+        """Level-3 features of ``cell`` with their 1-pixel ring (C, h+2, w+2): computed on the
+        cell plus ``FEATURE_MARGIN`` pixels of context, so they equal the whole image's; zeros
+        outside the image (the search's own padding)."""
         _, H, W = lr.pixels.shape
-        y0, y1 = max(0, tile.y0 - _LR_MARGIN), min(H, tile.y1 + _LR_MARGIN)
-        x0, x1 = max(0, tile.x0 - _LR_MARGIN), min(W, tile.x1 + _LR_MARGIN)
-        crop = lr.pixels[:, y0:y1, x0:x1].to(self.device, torch.float32)
-        up = resize_bicubic(crop, ((y1 - y0) * 4, (x1 - x0) * 4), quantize=lr.quantize)
-        ty, tx = tile.y0 - y0, tile.x0 - x0
-        th, tw = tile.y1 - tile.y0, tile.x1 - tile.x0
-        lr_t = to_net(crop[:, ty : ty + th, tx : tx + tw])[None].to(self.dtype)
-        up_t = to_net(up[:, ty * 4 : (ty + th) * 4, tx * 4 : (tx + tw) * 4])[None].to(self.dtype)
+        ctx = grow(cell, FEATURE_MARGIN, H, W)
+        _, up = _lr_and_up(lr, ctx, self.device, self.dtype, margin=0)
+        feats = self.net.extract(up)[2][0]
+        ring = grow(cell, 1, H, W)
+        q = feats[:, ring.y0 - ctx.y0 : ring.y1 - ctx.y0, ring.x0 - ctx.x0 : ring.x1 - ctx.x0]
+        missing = (1 - (cell.x0 - ring.x0), 1 - (ring.x1 - cell.x1), 1 - (cell.y0 - ring.y0), 1 - (ring.y1 - cell.y1))
+        return F.pad(q, missing)  # the ring's part outside the image: zeros
+
+    def search_steps(self, cells: Sequence[Tile], budget: int) -> int:
+        """Progress steps of searching ``cells`` with ``budget`` scratch bytes."""
+        shapes = self.ref_shapes
+        steps = 0
+        for c in cells:
+            shape = (c.y1 - c.y0, c.x1 - c.x0)
+            steps += count_steps(shape, shapes, plan_steps(shape, shapes, budget_bytes=budget, device=self.device))
+        return steps
+
+    def run(self, lr: Prepared, tile: Tile, s_map: torch.Tensor, idx_map: torch.Tensor) -> np.ndarray:
+        """SR (3, 4h, 4w) of one tile, from its slice of S and of the index (the textures are
+        transferred from the index with a 1-pixel ring, so they equal the whole image's
+        textures on the tile)."""
+        _, H, W = lr.pixels.shape
+        lr_t, up_t = _lr_and_up(lr, tile, self.device, self.dtype)
+        ring = grow(tile, 1, H, W)
+        sl = (slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
         with torch.inference_mode():
-            out = self.net.forward_bank(lr_t, up_t, [self.bank], search_budget=self.budget)
-        return (out[0][0].float().cpu().numpy(), out.S[0, 0].float().cpu().numpy(),
-                out.index[0].cpu().numpy())
+            textures = self.net.textures(idx_map[ring.y0 : ring.y1, ring.x0 : ring.x1], self.bank)
+            oy, ox = tile.y0 - ring.y0, tile.x0 - ring.x0
+            th, tw = tile.y1 - tile.y0, tile.x1 - tile.x0
+            cut = [t[None, :, oy * s : (oy + th) * s, ox * s : (ox + tw) * s] for t, s in zip(textures, (1, 2, 4))]
+            s_t = s_map[sl][None, None].to(self.dtype)
+            out = self.net.decode(lr_t, up_t, s_t, *cut)
+        return out[0].float().cpu().numpy()
+
+
+def search_cells(engine: _Engine, lr: Prepared, cells: Sequence[Tile], *, budget_bytes: int = DEFAULT_SEARCH_BUDGET,
+                 tracker: Tracker | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """S (H, W) float32 and the global hard-attention index (H, W) int64 of the prepared LR image
+    (or crop) ``lr`` on ``cells`` (its pixels; elsewhere S is NaN and the index -1), each cell
+    searched on its own features. ``tracker`` (if given) counts the search steps and polls its
+    cancel between them."""
+    _, H, W = lr.pixels.shape
+    dev = engine.device
+    s_map = torch.full((H, W), float("nan"), dtype=torch.float32, device=dev)
+    idx_map = torch.full((H, W), -1, dtype=torch.long, device=dev)
+    # the fused kernel is compiled once per process: worth it for the whole job's search, not per cell
+    n_keys = sum(h * w for h, w in engine.keys.shapes)
+    work = sum((c.y1 - c.y0) * (c.x1 - c.x0) for c in cells) * n_keys * engine.bank.keys[0].shape[0]
+    fuse = use_fused(None, torch.device(dev), work)
+    for cell in cells:
+        with torch.inference_mode():
+            q = engine.cell_query(lr, cell)
+            extra = tracker.search_callbacks() if tracker is not None else {}
+            s, idx = engine.net.attend(q, engine.bank, keys=engine.keys, budget_bytes=budget_bytes,
+                                       product_dtype=engine.product, fuse=fuse, **extra)
+        s_map[cell.y0 : cell.y1, cell.x0 : cell.x1] = s.float()
+        idx_map[cell.y0 : cell.y1, cell.x0 : cell.x1] = idx
+    return s_map, idx_map
 
 
 def _prepare_refs(refs, gray_lr: bool, percentiles, value_range) -> list[Prepared]:
@@ -128,21 +219,34 @@ class Window:
         """Tile ``t`` (whole-image pixels) in the crop's pixels."""
         return Tile(t.y0 - self.y0, t.y1 - self.y0, t.x0 - self.x0, t.x1 - self.x0)
 
+    def tiles(self, tile: int, overlap: int) -> list[Tile]:
+        """The tiles of the whole image's plan that meet the region (whole-image pixels)."""
+        return [t for t in plan_tiles(self.height, self.width, tile, overlap) if intersects(t, self.region)]
 
-def _run_slice(engine: _Engine, lr: Prepared, tile: int, overlap: int, step: Callable[[], None],
-               window: Window | None = None):
-    """Run and blend the tiles of the whole image's plan that meet ``window.region`` (default: all)."""
+    def cells(self, tile: int, overlap: int) -> list[Tile]:
+        """The search cells (crop pixels) those tiles need: the cells inside the tiles and their
+        1-pixel ring (always whole cells, see :func:`~napari_refsr.tiling.plan_cells`)."""
+        tiles = self.tiles(tile, overlap)
+        need = grow(Tile(min(t.y0 for t in tiles), max(t.y1 for t in tiles), min(t.x0 for t in tiles),
+                         max(t.x1 for t in tiles)), 1, self.height, self.width)
+        return [self.local(c) for c in plan_cells(self.height, self.width, tile, overlap) if intersects(c, need)]
+
+
+def _whole(lr: Prepared) -> Window:
     h, w = lr.pixels.shape[1:]
-    window = window or Window(0, 0, h, w, Tile(0, h, 0, w))
-    tiles = [t for t in plan_tiles(window.height, window.width, tile, overlap) if intersects(t, window.region)]
+    return Window(0, 0, h, w, Tile(0, h, 0, w))
+
+
+def _blend_tiles(engine: _Engine, lr: Prepared, window: Window, tile: int, overlap: int, s_map, idx_map,
+                 step=None) -> np.ndarray:
+    """SR (3, 4h, 4w) of ``window.region``: its tiles run on their slices of S and the index, blended."""
     blend = Blender(window.height, window.width, overlap, window.region)
-    for t in tiles:
-        sr, s, index = engine.run(lr, window.local(t))
+    for t in window.tiles(tile, overlap):
+        sr = engine.run(lr, window.local(t), s_map, idx_map)
         blend.add(t, "sr", np.moveaxis(sr, 0, -1), scale=4)
-        blend.add(t, "S", s)
-        blend.add_discrete(t, "index", index)
-        step()
-    return np.moveaxis(blend.result("sr"), -1, 0), blend.result("S"), blend.result("index")
+        if step is not None:
+            step()
+    return np.moveaxis(blend.result("sr"), -1, 0)
 
 
 def _source_map(index: np.ndarray, engine: _Engine) -> np.ndarray:
@@ -163,10 +267,11 @@ def _check_finite_output(sr: np.ndarray, engine: _Engine) -> None:
                          f"(damaged or overflowing weights){hint}")
 
 
-def _encode(model, refs, device, half, budget, phases=None) -> _Engine:
-    """The engine with the reference set encoded; out-of-memory becomes advice."""
+@contextlib.contextmanager
+def _encoding():
+    """Around making the engine and encoding the references: out-of-memory becomes advice."""
     try:
-        return _Engine(model, refs, device, half, budget, phases)
+        yield
     except Exception as err:  # noqa: BLE001 - re-raised with advice
         if is_out_of_memory(err):
             raise RefSRError("out of memory while encoding the reference images; use smaller "
@@ -175,56 +280,73 @@ def _encode(model, refs, device, half, budget, phases=None) -> _Engine:
 
 
 class _Runner:
-    """Runs slices with a shared engine, progress, cancel and out-of-memory retries."""
+    """Runs slices with a shared engine, progress phases, cancel and out-of-memory retries."""
 
-    def __init__(self, model, refs, *, tile, overlap, device, half, budget, progress, cancel, total_slices,
+    def __init__(self, model, refs, *, tile, overlap, device, half, budget, tracker: Tracker, total_slices,
                  phases=None):
         self.args = (model, refs, device, half)
         self.phases = phases
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(budget)
-        self.progress, self.cancel = progress, cancel
+        self.tracker = tracker
         self.total_slices = total_slices
         self.slices_done = 0
-        self.done = self.total = 0  # tiles, over all slices (the total grows if a retry re-plans)
         self.engine = None
 
-    def _engine(self) -> _Engine:
-        if self.engine is None:
-            self.engine = _encode(*self.args, self.budget, self.phases)
+    def _steps(self, lr: Prepared) -> tuple[int, int]:
+        """(search steps, tiles) of one slice with the current tile and budget."""
+        window = _whole(lr)
+        return (self.engine.search_steps(window.cells(self.tile, self.overlap), self.budget),
+                len(window.tiles(self.tile, self.overlap)))
+
+    def _start(self, lr: Prepared) -> _Engine:
+        """Encode the references (two steps per searched copy) and plan every slice's steps (all
+        slices are alike)."""
+        with _encoding():
+            self.engine = _Engine(*self.args, self.phases)
+            self.tracker.add(self.engine.encode_steps + self.total_slices * sum(self._steps(lr)))
+            self.engine.encode(self.tracker)
         return self.engine
 
-    def _step(self) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("cancelled")
+    def _retry(self, err: Exception, engine: _Engine) -> None:
+        """After out-of-memory: halve the search budget (in the search) or the tile (in the
+        network), or give up with advice when it is already at its minimum."""
+        if not is_out_of_memory(err):
+            raise err
+        if self.tracker.name == SEARCHING:
+            if self.budget <= MIN_SEARCH_BUDGET:
+                raise RefSRError(f"out of memory in the texture search on {engine.device}; use device "
+                                 "'cpu', smaller references or a smaller image") from err
+            self.budget = max(MIN_SEARCH_BUDGET, self.budget // 2)
+        else:
+            if self.tile <= MIN_TILE:
+                raise RefSRError(f"out of memory even with {self.tile}-pixel tiles on {engine.device}; "
+                                 "use device 'cpu' or a smaller image") from err
+            self.tile = max(MIN_TILE, self.tile // 2)  # the cells follow the tiles: searched again
+        release_memory(engine.device)
 
     def slice(self, lr: Prepared):
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("cancelled")
-        engine = self._engine()
-        h, w = lr.pixels.shape[1:]
+        """(SR (3, 4H, 4W), S (H, W), index (H, W)) of one 2D slice."""
+        self.tracker.check()
+        engine = self.engine or self._start(lr)
+        start = self.tracker.done
+        window = _whole(lr)
         while True:
-            per_slice = len(plan_tiles(h, w, self.tile, self.overlap))
-            start = self.done
-            self.total = self.done + per_slice * (self.total_slices - self.slices_done)
+            n_search, n_tiles = self._steps(lr)
+            self.tracker.rewind(start, (n_search + n_tiles) * (self.total_slices - self.slices_done))
             try:
-                result = _run_slice(engine, lr, self.tile, self.overlap, self._step)
-                _check_finite_output(result[0], engine)
-                self.slices_done += 1
-                return result
+                self.tracker.start(SEARCHING, n_search)
+                s_map, idx_map = search_cells(engine, lr, window.cells(self.tile, self.overlap),
+                                              budget_bytes=self.budget, tracker=self.tracker)
+                self.tracker.start(TILES, n_tiles)
+                with self.tracker.cancel_inside(engine.net):
+                    sr = _blend_tiles(engine, lr, window, self.tile, self.overlap, s_map, idx_map,
+                                      self.tracker.step)
+                _check_finite_output(sr, engine)
+                break
             except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
-                if not is_out_of_memory(err):
-                    raise
-                if self.tile <= MIN_TILE:
-                    raise RefSRError(f"out of memory even with {self.tile}-pixel tiles on {engine.device}; "
-                                     "use device 'cpu' or a smaller image") from err
-                release_memory(engine.device)
-                self.tile = max(MIN_TILE, self.tile // 2)
-                self.budget = max(MIN_SEARCH_BUDGET, self.budget // 2)
-                engine.budget = self.budget
-                self.done = start  # the slice is redone with smaller tiles
+                self._retry(err, engine)
+        self.slices_done += 1
+        return sr, s_map.cpu().numpy(), idx_map.cpu().numpy()
 
 
 def resolve_axes(shape: Sequence[int], spatial_axes: tuple[int, int] = (-2, -1),
@@ -256,9 +378,10 @@ def upscale_nd(
     half: bool | None = None,
     value_range: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-    search_budget: int = DEFAULT_BUDGET,
+    search_budget: int = DEFAULT_SEARCH_BUDGET,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    phase: Phase | None = None,
     phases: int | None = None,
 ) -> UpscaleResult:
     """Upscale every 2D slice of ``data`` (Y, X = ``spatial_axes``; channels on ``channel_axis``)
@@ -269,6 +392,7 @@ def upscale_nd(
 
     For non-uint8 data one intensity window (percentiles of the whole array) serves every slice,
     so a stack stays consistent. ``device=None`` keeps the model where it is; "auto" picks one.
+    ``progress(done, total)``, ``cancel()`` and ``phase(name, done, total)``: see :mod:`.progress`.
     """
     model = resolve_model(model)
     tile = check_tile(tile)
@@ -278,6 +402,7 @@ def upscale_nd(
     search_budget = check_search_budget(search_budget)
     phases = None if phases is None else check_phases(phases)
     progress, cancel = check_callback(progress, "progress"), check_callback(cancel, "cancel")
+    phase = check_callback(phase, "phase")
     if data is None:
         raise RefSRError("image is missing (got None)")
     arr = np.asarray(data)
@@ -296,14 +421,14 @@ def upscale_nd(
         device = choose_device(device)
     n_slices = int(np.prod(loop_shape)) if loop_shape else 1
     runner = None
+    tracker = Tracker(progress, cancel, phase)
     images, confs, sources = [], [], []
     for idx in itertools.product(*(range(n) for n in loop_shape)):
         lr = prepare(moved[idx], "image", percentiles=percentiles, value_range=value_range)
         if runner is None:
             prepared_refs = _prepare_refs(refs, lr.channels in (0, 1), percentiles, user_range)
             runner = _Runner(model, prepared_refs, tile=tile, overlap=overlap, device=device, half=half,
-                             budget=search_budget, progress=progress, cancel=cancel, total_slices=n_slices,
-                             phases=phases)
+                             budget=search_budget, tracker=tracker, total_slices=n_slices, phases=phases)
         sr, s, index = runner.slice(lr)
         images.append(restore(sr, lr))
         confs.append(upsample_confidence(s, 4))
@@ -344,15 +469,17 @@ def upscale(model: RefSRModel, lr, ref, *, tile: int = DEFAULT_TILE, device: str
 def region_context(tile: int = DEFAULT_TILE) -> int:
     """LR pixels of context a region needs on each side (where the image goes on) so that
     :class:`RegionUpscaler` gives exactly the whole image's result there: every tile of the
-    whole-image plan that meets the region (at most ``tile - 1`` pixels beyond it) plus the LR
-    margin of its LR↑."""
-    return int(tile) + _LR_MARGIN
+    whole-image plan that meets the region (at most ``tile - 1`` pixels beyond it), its 1-pixel
+    ring of search cells, and those cells' feature margin (which covers the tiles' LR↑ margin)."""
+    return int(tile) + FEATURE_MARGIN
 
 
 class RegionUpscaler:
     """Upscales regions of one large image so that they join into exactly what :func:`upscale_nd`
-    gives for the whole image: the same tile plan and blending weights, one intensity window for
-    the whole image, and the reference set encoded once (reused by every region and thread).
+    gives for the whole image: the same tile plan, search cells and blending weights, one
+    intensity window for the whole image, and the reference set encoded once (reused by every
+    region and thread). Each region searches the cells its tiles need (the halo's cells are
+    searched again by the neighbouring region: the whole image's S and index are never held).
 
     ``colour``: whether the LR image has colour (references must match). ``value_range``: the whole
     image's intensity window (required for non-uint8 images, see
@@ -364,13 +491,14 @@ class RegionUpscaler:
                  ref_range: tuple[float, float] | None = None, tile: int = DEFAULT_TILE,
                  overlap: int = DEFAULT_OVERLAP, device: str | torch.device | None = None,
                  half: bool | None = None, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-                 search_budget: int = DEFAULT_BUDGET, phases: int | None = None):
+                 search_budget: int = DEFAULT_SEARCH_BUDGET, phases: int | None = None):
         if tile < MIN_TILE:
             raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
         prepared = _prepare_refs(refs, not colour, percentiles, ref_range)
-        self.engine = _encode(model, prepared, None if device is None else choose_device(device), half,
-                              int(search_budget), phases)
-        self.tile, self.overlap = int(tile), int(overlap)
+        with _encoding():
+            self.engine = _Engine(model, prepared, None if device is None else choose_device(device), half, phases)
+            self.engine.encode()
+        self.tile, self.overlap, self.budget = int(tile), int(overlap), int(search_budget)
         self.value_range, self.percentiles = value_range, percentiles
         self.context = region_context(tile)
 
@@ -391,7 +519,8 @@ class RegionUpscaler:
             raise ValueError(f"crop {crop.shape[:2]} at {origin} lacks the {c}-pixel context of region {region}")
         lr = prepare(crop, "image", percentiles=self.percentiles, value_range=self.value_range)
         window = Window(oy, ox, H, W, Tile(y0, y1, x0, x1))
-        sr, _, _ = _run_slice(self.engine, lr, self.tile, self.overlap, lambda: None, window)
+        s_map, idx_map = search_cells(self.engine, lr, window.cells(self.tile, self.overlap), budget_bytes=self.budget)
+        sr = _blend_tiles(self.engine, lr, window, self.tile, self.overlap, s_map, idx_map)
         alpha = None
         if lr.alpha is not None:  # the crop's alpha upscaled, then cut (bicubic needs the context)
             up = resize_bicubic(torch.from_numpy(lr.alpha), (h * 4, w * 4)).numpy()

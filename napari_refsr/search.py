@@ -4,9 +4,10 @@ The reference TTSR builds the full (Ref patches × LR patches) relevance matrix 
 unfolded patches for every LR position; both grow with the product of the image sizes. Here
 the same quantities are computed without ever holding either:
 
-* :func:`search` streams over chunks of query and key patches, keeping a running max and
-  argmax, so memory is bounded by ``budget_bytes`` whatever the sizes. It searches the union of
-  several reference images (a global patch index says which reference and where).
+* :func:`search` (:mod:`.shift_search`) streams over bands of query and key rows with the
+  shift-sum correlation (1/9 of the dense multiply-adds), keeping a running max and argmax, so
+  memory is bounded by ``budget_bytes`` whatever the sizes. It searches the union of several
+  reference images (a global patch index says which reference and where).
 * :func:`transfer` rebuilds the folded texture maps T one kernel offset at a time
   (``index_select`` + strided add), which equals ``unfold → gather → fold`` exactly.
 * :func:`relevance` recomputes S for the chosen indices differentiably (for training).
@@ -17,109 +18,15 @@ SRNTT normalises only the key patches (``normalize_query=False``).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-12  # the eps of torch.nn.functional.normalize, used by the reference
-DEFAULT_BUDGET = 256 * 2**20  # bytes of scratch memory one search may use
+from .shift_search import DEFAULT_BUDGET, EPS, patch_norms, search, search_padded
 
-__all__ = ["search", "transfer", "relevance", "decode_index", "DEFAULT_BUDGET", "EPS"]
-
-
-def _patch_cols(padded: torch.Tensor, p0: int, p1: int, width: int, k: int) -> torch.Tensor:
-    """k×k patches of positions p0..p1 (row-major) as (C·k·k, n) columns in F.unfold order,
-    gathered directly so that only these n patches are ever held."""
-    c, _, wp = padded.shape
-    dev = padded.device
-    pos = torch.arange(p0, p1, device=dev)
-    corner = (pos // width) * wp + pos % width
-    offs = (torch.arange(k, device=dev)[:, None] * wp + torch.arange(k, device=dev)).reshape(-1, 1)
-    cols = padded.reshape(c, -1).index_select(1, (offs + corner).reshape(-1))  # (C, k·k·n)
-    return cols.view(c * k * k, p1 - p0)
-
-
-def _normalize_cols(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=0, keepdim=True).clamp_min(EPS)
-
-
-def _chunk_sizes(n_query: int, dim: int, itemsize: int, budget: int, patch: int = 3) -> tuple[int, int]:
-    """Query and key chunk lengths whose scratch memory stays within ``budget`` bytes.
-
-    Gathering n patches holds their int64 indices, the patches and their normalised copy;
-    a query chunk keeps its normalised patches and ~64 bytes of running max/argmax
-    temporaries per position while the keys stream; a key chunk adds one score per query.
-    Budgets below one query and one key patch are raised to that minimum.
-    """
-    gather = 2 * dim * itemsize + 8 * (patch * patch + 2)  # bytes per gathered position
-    query_chunk = max(1, min(n_query, budget // (2 * gather)))
-    left = budget - query_chunk * (dim * itemsize + 64)
-    key_chunk = max(1, left // (gather + itemsize * query_chunk))
-    return query_chunk, key_chunk
-
-
-@torch.no_grad()
-def search(
-    query: torch.Tensor,
-    keys: Sequence[torch.Tensor],
-    *,
-    normalize_query: bool = True,
-    patch: int = 3,
-    budget_bytes: int = DEFAULT_BUDGET,
-    query_chunk: int | None = None,
-    key_chunk: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best-matching key patch for every query patch.
-
-    ``query`` is a (C, H, W) feature map, ``keys`` a list of (C, h_i, w_i) maps (one per
-    reference). Patches are ``patch``×``patch`` with zero padding ``patch // 2`` at stride 1,
-    key patches are L2-normalised and query patches too when ``normalize_query``.
-    Returns ``(S, index)``, both (H, W): the best inner product and the global key index
-    (keys numbered reference by reference, row-major), identical to the dense formulation up
-    to exact ties (the lowest index wins).
-    """
-    if query.dim() != 3 or not keys or any(k.dim() != 3 or k.shape[0] != query.shape[0] for k in keys):
-        raise ValueError("search expects a (C,H,W) query and a non-empty list of (C,h,w) keys with the same C")
-    pad = patch // 2
-    c, h, w = query.shape
-    dim = c * patch * patch
-    n_query = h * w
-    auto_q, auto_k = _chunk_sizes(n_query, dim, query.element_size(), budget_bytes, patch)
-    query_chunk = query_chunk or auto_q
-    key_chunk = key_chunk or auto_k
-
-    q_pad = F.pad(query, (pad, pad, pad, pad))
-    k_pads = [F.pad(k, (pad, pad, pad, pad)) for k in keys]
-    best = torch.full((n_query,), -math.inf, device=query.device, dtype=torch.float32)
-    best_idx = torch.zeros(n_query, dtype=torch.long, device=query.device)
-
-    for q0 in range(0, n_query, query_chunk):
-        q1 = min(n_query, q0 + query_chunk)
-        qp_t = _patch_cols(q_pad, q0, q1, w, patch)  # (dim, n): the layout the matmul wants
-        if normalize_query:
-            qp_t = _normalize_cols(qp_t)
-        run_val = best[q0:q1]
-        run_idx = best_idx[q0:q1]
-        offset = 0
-        for kp_pad, key in zip(k_pads, keys):
-            kw = key.shape[2]
-            n_key = key.shape[1] * kw
-            for k0 in range(0, n_key, key_chunk):
-                k1 = min(n_key, k0 + key_chunk)
-                kp = _normalize_cols(_patch_cols(kp_pad, k0, k1, kw, patch))
-                val, arg = (kp.t() @ qp_t).max(dim=0)
-                del kp  # free before the next chunk's patches are gathered
-                val = val.float()
-                better = val > run_val
-                run_val = torch.where(better, val, run_val)
-                run_idx = torch.where(better, arg + (offset + k0), run_idx)
-            offset += n_key
-        best[q0:q1] = run_val
-        best_idx[q0:q1] = run_idx
-    return best.view(h, w).to(query.dtype), best_idx.view(h, w)
+__all__ = ["search", "search_padded", "patch_norms", "transfer", "relevance", "decode_index", "DEFAULT_BUDGET", "EPS"]
 
 
 def _shift_tables(shapes: Sequence[tuple[int, int]], scale: int, device) -> tuple[torch.Tensor, torch.Tensor]:

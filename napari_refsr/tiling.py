@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Tile", "plan_tiles", "intersects", "Blender"]
+__all__ = ["Tile", "plan_tiles", "plan_cells", "grow", "intersects", "Blender"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,29 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
     overlap = min(overlap, tile // 2)
     return [Tile(y, min(height, y + tile), x, min(width, x + tile))
             for y in _starts(height, tile, overlap) for x in _starts(width, tile, overlap)]
+
+
+def _cuts(n: int, tile: int, overlap: int) -> list[int]:
+    """Cell edges along an axis of n pixels: 0, n and every tile edge moved one pixel outwards."""
+    overlap = min(overlap, tile // 2)
+    edges = {0, n}
+    for s in _starts(n, tile, overlap):
+        edges.update(e for e in (s - 1, min(n, s + tile) + 1) if 0 < e < n)
+    return sorted(edges)
+
+
+def plan_cells(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """The partition of the image into the texture search's cells: cut wherever a tile of
+    :func:`plan_tiles` grown by one pixel has an edge. So every set of tiles with its 1-pixel ring
+    (what their texture transfer reads) is a union of whole cells, and a region of the image
+    needs only the cells inside its tiles' ring — computed like in the whole image."""
+    ys, xs = _cuts(height, tile, overlap), _cuts(width, tile, overlap)
+    return [Tile(y0, y1, x0, x1) for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])]
+
+
+def grow(t: Tile, by: int, height: int, width: int) -> Tile:
+    """``t`` grown by ``by`` pixels on every side, clipped to a ``height``×``width`` image."""
+    return Tile(max(0, t.y0 - by), min(height, t.y1 + by), max(0, t.x0 - by), min(width, t.x1 + by))
 
 
 def _ramp(n: int, lo_open: bool, hi_open: bool, overlap: int, scale: int) -> np.ndarray:

@@ -22,7 +22,7 @@ __all__ = ["architecture_source", "ENTRY_POINT"]
 
 ENTRY_POINT = "refsr_network"  # the callable a package's rdf names: refsr_network(config, channels)
 _ALLOWED_IMPORTS = {"__future__", "torch", "numpy", "math", "functools", "typing", "dataclasses",
-                    "os", "re", "pathlib", "collections", "itertools", "warnings"}
+                    "os", "re", "pathlib", "collections", "itertools", "warnings", "threading", "shutil"}
 _PACKAGE = __name__.rpartition(".")[0]
 
 

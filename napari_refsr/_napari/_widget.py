@@ -104,9 +104,14 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
         report(0, 0, "reading data…")
         lr = np.asarray(job.data)
         refs = [np.asarray(r) for r in job.refs]
+        job_steps = [0, 0]  # the core's progress(done, total) for the bar, its phase(...) for the text
+
+        def phase(name: str, done: int, total: int) -> None:
+            report(*job_steps, f"{name}: {done} of {total}")
+
         result = upscale_nd(model, lr, refs, spatial_axes=job.axes.spatial, channel_axis=job.axes.channel,
-                            tile=job.tile, progress=lambda done, total: report(done, total, ""),
-                            cancel=cancel)
+                            tile=job.tile, progress=lambda done, total: job_steps.__setitem__(slice(None), (done, total)),
+                            phase=phase, cancel=cancel)
     except Cancelled:
         return _Outcome("cancelled", seconds=time.perf_counter() - start)
     except RefSRError as err:

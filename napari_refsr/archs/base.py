@@ -5,12 +5,12 @@ texture extractor, its trainable parameter groups and the texture loss that appl
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..search import DEFAULT_BUDGET
+from ..search import DEFAULT_BUDGET, search_padded
 from .blocks import to_unit
 
 
@@ -92,11 +92,13 @@ class RefSRNetwork(nn.Module):
         return groups
 
     def encode_references(
-        self, refs: Sequence[torch.Tensor], refs_down_up: Sequence[torch.Tensor]
+        self, refs: Sequence[torch.Tensor], refs_down_up: Sequence[torch.Tensor],
+        step: Callable[[], None] | None = None,
     ) -> list[ReferenceBank]:
         """Per sample, the features of its references. Each tensor is (N or 1, 3, Hr, Wr)
         with Hr, Wr multiples of 4; a batch of 1 is shared by all samples. Keys are relu3_1 of
-        Ref↓↑, values the three levels of the original Ref."""
+        Ref↓↑, values the three levels of the original Ref. ``step`` (if given) is called after
+        each reference's keys and after its values (progress: 2 steps per reference)."""
         n = max(r.shape[0] for r in refs)
         banks = [ReferenceBank([], [], [], []) for _ in range(n)]
         for ref, ref_du in zip(refs, refs_down_up):
@@ -104,7 +106,11 @@ class RefSRNetwork(nn.Module):
                 raise ValueError(f"reference and its Ref↓↑ must match and be multiples of 4, got "
                                  f"{tuple(ref.shape)} and {tuple(ref_du.shape)}")
             keys = self.extract(ref_du)[2]
+            if step is not None:
+                step()
             lv1, lv2, lv3 = self.extract(ref)
+            if step is not None:
+                step()
             for b in range(n):
                 i = b if ref.shape[0] > 1 else 0
                 banks[b].keys.append(keys[i])
@@ -112,6 +118,26 @@ class RefSRNetwork(nn.Module):
                 banks[b].lv2.append(lv2[i])
                 banks[b].lv3.append(lv3[i])
         return banks
+
+    def attend(self, query_padded: torch.Tensor, bank: ReferenceBank, *, keys=None, **search_options):
+        """(S, index) (H, W) of a level-3 query map (C, H+2, W+2) that carries its 1-pixel ring
+        (zeros at an image border, the neighbours' features for a piece of a larger image): the
+        index of the best reference patch and S, its cosine — the hard and soft attention of
+        every network here. ``keys``: the bank's keys made ready once
+        (:func:`napari_refsr.shift_search.prepare_keys`); options go to
+        :func:`napari_refsr.search.search_padded`."""
+        return search_padded(query_padded, bank.keys if keys is None else keys, normalize_query=True,
+                             **search_options)
+
+    def textures(self, index: torch.Tensor, bank: ReferenceBank) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The level-3/2/1 texture maps the network takes for hard-attention indices (H, W)."""
+        raise NotImplementedError
+
+    def decode(self, lr: torch.Tensor, lr_up: torch.Tensor, S: torch.Tensor, t3: torch.Tensor, t2: torch.Tensor,
+               t1: torch.Tensor) -> torch.Tensor:
+        """The SR image (N, 3, 4H, 4W) from LR (N, 3, H, W), LR↑, S (N, 1, H, W) and the textures:
+        the trainable network after the search (the pipeline runs it tile by tile)."""
+        raise NotImplementedError
 
     def forward_bank(self, lr: torch.Tensor, lr_up: torch.Tensor, banks: Sequence[ReferenceBank], *,
                      search_budget: int | None = None):

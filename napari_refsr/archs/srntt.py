@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import RefSRError
-from ..search import EPS, search, transfer
+from ..search import EPS, patch_norms, search, transfer
 from .base import NetworkConfig, ReferenceBank, RefSRNetwork, block_counts
 from .blocks import ResBlock, conv3x3, run, to_unit
 from .vgg import LTE
@@ -113,13 +113,6 @@ class TransferStage(nn.Module):
         return F.leaky_relu(F.pixel_shuffle(self.up(h), 2), LEAK)
 
 
-def _patch_norms(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm of the zero-padded 3×3 patch around every position of a (C, H, W) map."""
-    energy = F.avg_pool2d(x.pow(2).sum(0, keepdim=True)[None], 3, stride=1, padding=1,
-                          count_include_pad=True)[0, 0] * 9.0
-    return energy.clamp_min(0).sqrt()
-
-
 class SRNTT(RefSRNetwork):
     """The full SRNTT model: frozen VGG19 + matching/swapping + content extractor + texture transfer."""
 
@@ -174,11 +167,17 @@ class SRNTT(RefSRNetwork):
         """
         score, index = search(query, bank.keys, normalize_query=False, budget_bytes=self._budget(search_budget))
         # float32: the squared patch energies of relu3_1 overflow float16
-        s = (score.float() / _patch_norms(query.float()).clamp_min(EPS)).to(query.dtype)
-        m3 = transfer(index, bank.lv3, 1, average_overlaps=True)
-        m2 = transfer(index, bank.lv2, 2, average_overlaps=True)
-        m1 = transfer(index, bank.lv1, 4, average_overlaps=True)
-        return s[None], m3, m2, m1, index
+        s = (score.float() / patch_norms(F.pad(query.float(), (1, 1, 1, 1)), 3).clamp_min(EPS)).to(query.dtype)
+        return (s[None], *self.textures(index, bank), index)
+
+    def textures(self, index: torch.Tensor, bank: ReferenceBank):
+        """Swapped maps (M_lv3, M_lv2, M_lv1) for indices (H, W), overlaps averaged."""
+        return tuple(transfer(index, values, scale, average_overlaps=True)
+                     for values, scale in ((bank.lv3, 1), (bank.lv2, 2), (bank.lv1, 4)))
+
+    def decode(self, lr: torch.Tensor, lr_up: torch.Tensor, S: torch.Tensor, m3, m2, m1) -> torch.Tensor:
+        """SR image from the LR batch, S (N, 1, H, W) and the swapped maps (LR↑ is not used)."""
+        return self.synthesize(lr, S, m3, m2, m1)
 
     def synthesize(self, lr: torch.Tensor, S: torch.Tensor, m3: torch.Tensor, m2: torch.Tensor,
                    m1: torch.Tensor) -> torch.Tensor:

@@ -234,10 +234,15 @@ class TTSR(RefSRNetwork):
             s = relevance(query, bank.keys, index, normalize_query=self.normalize_query)
         else:
             s, index = search(query, bank.keys, normalize_query=self.normalize_query, budget_bytes=budget)
-        t3 = transfer(index, bank.lv3, 1)
-        t2 = transfer(index, bank.lv2, 2)
-        t1 = transfer(index, bank.lv1, 4)
-        return s[None], t3, t2, t1, index
+        return (s[None], *self.textures(index, bank), index)
+
+    def textures(self, index: torch.Tensor, bank: ReferenceBank):
+        """Transferred textures (T_lv3, T_lv2, T_lv1) for hard-attention indices (H, W)."""
+        return transfer(index, bank.lv3, 1), transfer(index, bank.lv2, 2), transfer(index, bank.lv1, 4)
+
+    def decode(self, lr: torch.Tensor, lr_up: torch.Tensor, S: torch.Tensor, t3, t2, t1) -> torch.Tensor:
+        """SR image (N, 3, 4H, 4W) from the LR batch, S (N, 1, H, W) and the textures (the MainNet)."""
+        return self.MainNet(lr, S, t3, t2, t1, lr_up if self.config.global_skip else None)
 
     def forward_bank(self, lr: torch.Tensor, lr_up: torch.Tensor, banks: Sequence[ReferenceBank], *,
                      search_budget: int | None = None) -> TTSROutput:
@@ -247,5 +252,4 @@ class TTSR(RefSRNetwork):
             banks = list(banks) * lr.shape[0]
         parts = [self.search_transfer(query[b], banks[b], search_budget) for b in range(lr.shape[0])]
         s, t3, t2, t1, index = (torch.stack(p) for p in zip(*parts))
-        sr = self.MainNet(lr, s, t3, t2, t1, lr_up if self.config.global_skip else None)
-        return TTSROutput(sr, s, t3, t2, t1, index)
+        return TTSROutput(self.decode(lr, lr_up, s, t3, t2, t1), s, t3, t2, t1, index)

@@ -35,6 +35,7 @@ from comfy_nodes.grayscale import split_batch  # noqa: E402
 from napari_refsr.archs.ttsr import TTSR, TTSRConfig  # noqa: E402
 from napari_refsr.errors import RefSRError, WeightsError  # noqa: E402
 from napari_refsr.resize import resize_bicubic  # noqa: E402
+from napari_refsr.tiling import plan_cells  # noqa: E402
 
 REFSR_DIR = Path(folder_paths.models_dir) / "refsr"
 DOWNLOADABLE = "ttsr-rec"  # a registry model that is downloaded (the default ships in the package)
@@ -309,9 +310,13 @@ def test_upscale_batch_shapes_range_and_comfy_services(model, scene, monkeypatch
                                            value_range=(0, 1), return_confidence=True)
         np.testing.assert_allclose(out[b].numpy(), np.clip(alone, 0, 1), atol=1e-6)
         np.testing.assert_allclose(mask[b].numpy(), np.clip(conf, 0, 1), atol=1e-6)
-    # progress through comfy.utils.ProgressBar: counts up to the total over both images
+    # progress through comfy.utils.ProgressBar: every step of the core (encoding the references,
+    # each search step, each tile) over both images, counting up to a total known from the start
     values = [v for v, _ in events]
-    assert values == sorted(values) and events[-1][0] == events[-1][1] and len(events) == events[-1][1] == 2
+    assert values == list(range(1, len(events) + 1)) and {t for _, t in events} == {len(events)}
+    # encoding (the reference's keys, its values) + per image: two search steps (a CPU step takes
+    # at most 8 of the LR's 16 rows), one tile
+    assert len(events) == 2 + 2 * (2 + 1)
 
 
 def test_several_references_second_third_input_and_batch(model, scene):
@@ -374,16 +379,16 @@ def test_out_of_memory_retries_with_smaller_tiles(model, scene, monkeypatch):
     assert mm.OOM_EXCEPTION is torch.cuda.OutOfMemoryError
     lr, ref = _image(scene["big"]), _image(scene["hr"])
     (expected, expected_mask) = run(cn.RefSRUpscale, image=lr, reference=ref, refsr_model=model, tile_size=32)
-    original = model.network.forward_bank
+    original = model.network.decode
     tiles = []
 
-    def flaky(lr_t, up_t, banks, **kwargs):
+    def flaky(lr_t, *args):
         tiles.append(tuple(lr_t.shape[-2:]))
         if len(tiles) == 1:
             raise mm.OOM_EXCEPTION("CUDA out of memory. Tried to allocate 4.00 GiB")
-        return original(lr_t, up_t, banks, **kwargs)
+        return original(lr_t, *args)
 
-    monkeypatch.setattr(model.network, "forward_bank", flaky)
+    monkeypatch.setattr(model.network, "decode", flaky)
     out, mask = run(cn.RefSRUpscale, image=lr, reference=ref, refsr_model=model, tile_size=64)
     assert tiles == [(36, 16), (32, 16), (32, 16)]  # one 36-pixel tile failed; two 32-pixel tiles ran
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
@@ -394,7 +399,7 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monke
     def always(*args, **kwargs):
         raise mm.OOM_EXCEPTION("CUDA out of memory.")
 
-    monkeypatch.setattr(model.network, "forward_bank", always)
+    monkeypatch.setattr(model.network, "decode", always)
     with pytest.raises(RefSRError, match="out of memory even with 32-pixel tiles"):
         run(cn.RefSRUpscale, image=_image(scene["lr"][0]), reference=_image(scene["hr"]), refsr_model=model,
             tile_size=128)
@@ -403,11 +408,18 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monke
 
 def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):
     """The server's progress hook raises InterruptProcessingException when the user cancels."""
+    from napari_refsr.shift_search import count_steps, plan_steps
+
     events = []
+    cells = plan_cells(36, 16, 32, napari_refsr.DEFAULT_OVERLAP)
+    keys = [(scene["hr"].shape[0] // 4, scene["hr"].shape[1] // 4)]
+    shapes = [(c.y1 - c.y0, c.x1 - c.x0) for c in cells]
+    search = sum(count_steps(shape, keys, plan_steps(shape, keys)) for shape in shapes)
+    first_tile = 2 + search + 1  # encoding (keys, values), the search, the first tile
 
     def server_hook(value, total, preview, node_id=None):
         events.append((value, total))
-        if value == 1:
+        if value == first_tile:
             mm.interrupt_current_processing(True)  # the user presses Cancel during the first tile
         mm.throw_exception_if_processing_interrupted()
 
@@ -415,21 +427,46 @@ def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):
     with pytest.raises(mm.InterruptProcessingException):
         run(cn.RefSRUpscale, image=_image(scene["big"]), reference=_image(scene["hr"]), refsr_model=model,
             tile_size=32)
-    assert events == [(1, 2)]  # stopped after the first of two tiles
+    # encoding, the search (several steps per search cell), the first of two tiles; then stopped
+    assert len(cells) == 3 and search > len(cells)
+    assert events == [(v, first_tile + 1) for v in range(1, first_tile + 1)]
     assert not mm.processing_interrupted() and model.device.type == "cpu"
 
 
+def test_search_ticks_and_interrupts_step_by_step(model, scene, monkeypatch):
+    """On a big reference the search is many steps: the bar moves with each, and an interrupt
+    during the search stops it at the next step, before any tile runs (here the steps are made
+    small so that CI-sized images have many)."""
+    monkeypatch.setattr(napari_refsr.shift_search, "BLOCK_ELEMENTS", 4096)
+    events, decoded = [], []
+
+    def server_hook(value, total, preview, node_id=None):
+        events.append((value, total))
+        if value == 6:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(server_hook)
+    monkeypatch.setattr(model.network, "decode", lambda *a: decoded.append(1))
+    with pytest.raises(mm.InterruptProcessingException):
+        run(cn.RefSRUpscale, image=_image(scene["big"]), reference=_image(scene["hr"]), refsr_model=model,
+            tile_size=32)
+    total = events[0][1]
+    assert total > 10 and [v for v, _ in events] == [1, 2, 3, 4, 5, 6] and not decoded
+
+
 def test_interrupt_without_a_progress_hook_stops_the_node(model, scene, monkeypatch):
-    """Without a server hook the node's own interrupt check (the core's cancel) stops the run."""
-    original = model.network.forward_bank
+    """Without a server hook the node's own interrupt check (the core's cancel) stops the run,
+    within the tile that was running (the core polls it inside the network's forward pass)."""
+    original = model.network.decode
     tiles = []
 
-    def cancel_after_first(*args, **kwargs):
+    def cancel_in_first(*args, **kwargs):
         tiles.append(1)
         mm.interrupt_current_processing(True)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(model.network, "forward_bank", cancel_after_first)
+    monkeypatch.setattr(model.network, "decode", cancel_in_first)
     with pytest.raises(mm.InterruptProcessingException):
         run(cn.RefSRUpscale, image=_image(scene["big"]), reference=_image(scene["hr"]), refsr_model=model,
             tile_size=32)

@@ -126,7 +126,13 @@ def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model, on_te
         tmp_path, "upscale", "stack.tif", "ref.png", "-o", "out.tif", "--model", ckpt, "--device", "cpu",
         "--tile", "64", "--confidence", "conf.tif", stderr=fd))
     assert proc.returncode == 0, tty_text
-    assert "tile" in tty_text and "2/2" in tty_text, tty_text
+    # every phase says what it does; each slice's single tile gets a bar that starts at 0/1 (so
+    # no bogus first rate) and ends at 1/1; the slice is named
+    for text in ("loading model", "encoding references", "searching", "running tiles", "0/1", "1/1",
+                 "slice 1 of 2", "slice 2 of 2"):
+        assert text in tty_text, (text, tty_text)
+    first_tiles = tty_text[tty_text.index("running tiles"):][:120]
+    assert "0/1" in first_tiles and "1/1" not in first_tiles, first_tiles
 
     out, meta = imageio.read_image_with_meta(tmp_path / "out.tif")
     assert out.shape == (2, 80, 96, 3) and out.dtype == np.uint8
@@ -141,6 +147,17 @@ def test_multipage_rgb_tiff_stack_with_progress_bar(tmp_path, ckpt, model, on_te
     raw = napari_refsr.upscale_nd(model, pages, ref, spatial_axes=(1, 2), channel_axis=3, tile=64, device="cpu")
     np.testing.assert_allclose(conf, raw.confidence, atol=1e-6)  # TIFF keeps the raw S
     assert conf.max() <= 1.0
+
+
+def test_help_does_not_import_torch(tmp_path):
+    """``refsr --help`` (and every usage error) stays quick: the parser needs no torch or numpy."""
+    code = ("import sys\nfrom napari_refsr.cli import main\ntry:\n    main(['upscale', '--help'])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(tmp_path),
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+    assert "--tile" in proc.stdout
 
 
 def test_weights_list(tmp_path, monkeypatch, capsys):

@@ -99,7 +99,7 @@ def test_dask_uint16_stack_equals_in_memory(model, stack, stack_expected):
 
 
 def test_rgba_channels_first_axis_order_equals_in_memory(model):
-    lr = _textured((76, 81, 4), 255).astype(np.uint8)
+    lr = _textured((77, 81, 4), 255).astype(np.uint8)  # 2×2 chunks: 40 + 37 rows (halo 37)
     ref = _textured((36, 40, 3), 255).astype(np.uint8)
     expected = napari_refsr.upscale_nd(model, lr, ref, spatial_axes=(0, 1), channel_axis=2, tile=TILE,
                                        overlap=OVERLAP).image

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from napari_refsr import search as ts
+from napari_refsr.errors import Cancelled
 
 _spec = importlib.util.spec_from_file_location("refsr_bench_search", Path(__file__).parents[2] / "bench" / "search.py")
 _bench = importlib.util.module_from_spec(_spec)
@@ -27,34 +28,35 @@ _spec.loader.exec_module(_bench)
 # independent dense reference
 
 
-def dense_relevance(query, keys, normalize_query=True):
+def dense_relevance(query, keys, normalize_query=True, patch=3):
     """The reference's full relevance matrix R (N_keys, N_query): unfold, L2-normalise, K·Q."""
-    q = F.unfold(query[None], kernel_size=(3, 3), padding=1)[0]  # (C·9, Nq)
-    k = torch.cat([F.unfold(key[None], kernel_size=(3, 3), padding=1)[0] for key in keys], dim=1)
+    r = patch // 2
+    q = F.unfold(query[None], kernel_size=(patch, patch), padding=r)[0]  # (C·9, Nq)
+    k = torch.cat([F.unfold(key[None], kernel_size=(patch, patch), padding=r)[0] for key in keys], dim=1)
     k = F.normalize(k.t(), dim=1)  # (Nk, C·9): reference patches, L2-normalised
     if normalize_query:
         q = F.normalize(q, dim=0)
     return k @ q
 
 
-def dense(query, keys, normalize_query=True):
+def dense(query, keys, normalize_query=True, patch=3):
     """(S, index) of the reference: max over keys of the full matrix."""
-    s, idx = torch.max(dense_relevance(query, keys, normalize_query), dim=0)
+    s, idx = torch.max(dense_relevance(query, keys, normalize_query, patch), dim=0)
     h, w = query.shape[1:]
     return s.view(h, w), idx.view(h, w)
 
 
-def assert_same_search(got, query, keys, normalize_query=True, atol=1e-5):
+def assert_same_search(got, query, keys, normalize_query=True, atol=1e-5, patch=3, margin=1e-4):
     """Indices equal to the dense argmax wherever the winner is not a near-tie (float64 margin
-    above 1e-4, i.e. all but a handful of random positions), S equal to ~1e-5 everywhere."""
+    above ``margin``, i.e. all but a handful of random positions), S equal to ~1e-5 everywhere."""
     s, idx = got
-    s_ref, idx_ref = dense(query, keys, normalize_query)
+    s_ref, idx_ref = dense(query, keys, normalize_query, patch)
     assert s.shape == idx.shape == query.shape[1:]
     assert idx.dtype == torch.int64
     torch.testing.assert_close(s, s_ref, atol=atol, rtol=1e-5)
-    r64 = dense_relevance(query.double(), [k.double() for k in keys], normalize_query)
+    r64 = dense_relevance(query.double(), [k.double() for k in keys], normalize_query, patch)
     top2 = r64.topk(2, dim=0).values
-    clear = (top2[0] - top2[1] > 1e-4).view_as(idx)
+    clear = (top2[0] - top2[1] > margin).view_as(idx)
     assert clear.float().mean() > 0.95  # random features: a clear winner almost everywhere
     assert torch.equal(idx[clear], idx_ref[clear])
     # near-ties: whichever key was picked is (one of) the best
@@ -76,36 +78,38 @@ def test_search_one_reference_equals_dense():
     assert_same_search(ts.search(q, [k]), q, [k])
 
 
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize(
-    "query_chunk,key_chunk",
-    [(None, None), (7, 13), (13, 7), (None, 1), (997, 101), (323, 539)],
+    "query_rows,key_rows",
+    [(None, None), (1, 1), (2, 3), (3, 2), (5, 7), (4, None), (None, 4), (16, 29), (40, 40)],
 )
-def test_search_several_references_any_chunking(query_chunk, key_chunk):
-    """Global index = references concatenated in order, row-major; chunk sizes that do not
-    divide the query (17·19 = 323) nor any reference size (221, 108, 210) change nothing."""
+def test_search_several_references_any_chunking(query_rows, key_rows, fuse):
+    """Global index = references concatenated in order, row-major; bands that do not divide the
+    query's 17 rows nor any reference's 13, 9, 30 rows (and bands taller than the map) change
+    nothing — with the eager passes and with the fused kernel."""
     q = feats(16, 17, 19, seed=3)
     keys = [feats(16, 13, 17, seed=4), feats(16, 9, 12, seed=5), feats(16, 30, 7, seed=6)]
-    got = ts.search(q, keys, query_chunk=query_chunk, key_chunk=key_chunk)
+    got = ts.search(q, keys, query_rows=query_rows, key_rows=key_rows, fuse=fuse)
     assert_same_search(got, q, keys)
 
 
 @pytest.mark.parametrize("budget", [1_000, 4_096, 20_000, 150_000])
 def test_search_tiny_budgets(budget):
-    """Budgets far below one patch matrix (here 99 queries × 36 floats = 14 kB) force many
-    query and key chunks; the answer does not change."""
+    """Budgets far below one score block force one-row bands (the minimum); the answer does
+    not change."""
     q = feats(4, 9, 11, seed=7)
     keys = [feats(4, 7, 8, seed=8), feats(4, 5, 13, seed=9)]
     assert_same_search(ts.search(q, keys, budget_bytes=budget), q, keys)
 
 
-def test_search_one_query_at_a_time():
+def test_search_one_query_row_at_a_time():
     q = feats(4, 9, 11, seed=7)
     keys = [feats(4, 7, 8, seed=8), feats(4, 5, 13, seed=9)]
-    assert_same_search(ts.search(q, keys, query_chunk=1, key_chunk=7), q, keys)
-    assert_same_search(ts.search(q, keys, query_chunk=1), q, keys)
+    assert_same_search(ts.search(q, keys, query_rows=1, key_rows=7), q, keys)
+    assert_same_search(ts.search(q, keys, query_rows=1), q, keys)
 
 
-@pytest.mark.parametrize("chunks", [dict(), dict(query_chunk=5, key_chunk=11), dict(budget_bytes=8_000)])
+@pytest.mark.parametrize("chunks", [dict(), dict(query_rows=5, key_rows=3), dict(budget_bytes=8_000)])
 def test_search_without_query_normalisation(chunks):
     """SRNTT's matching: only the key patches are normalised, S is an unnormalised product."""
     q = 3.0 * feats(8, 13, 10, seed=10)
@@ -123,7 +127,7 @@ def test_search_finds_a_cropped_reference(normalize_query):
     keys = [feats(12, 15, 14, seed=13), feats(12, 20, 25, seed=14), feats(12, 8, 8, seed=15)]
     dy, dx, h, w = 4, 9, 11, 13
     q = keys[1][:, dy : dy + h, dx : dx + w].clone()
-    s, idx = ts.search(q, keys, normalize_query=normalize_query, query_chunk=17, key_chunk=29)
+    s, idx = ts.search(q, keys, normalize_query=normalize_query, query_rows=4, key_rows=6)
     inner = (slice(1, h - 1), slice(1, w - 1))  # patches not touching the crop's border
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     expected = 15 * 14 + (ys + dy) * 25 + (xs + dx)
@@ -139,13 +143,92 @@ def test_search_finds_a_cropped_reference(normalize_query):
     np.testing.assert_array_equal(decoded[inner][..., 2], (xs + dx)[inner].numpy())
 
 
-def test_search_lowest_index_wins_exact_ties():
-    """Identical references tie exactly everywhere: the first one wins, as torch.max does."""
+@pytest.mark.parametrize("fuse", [False, True])
+def test_search_lowest_index_wins_exact_ties(fuse):
+    """Identical references tie exactly everywhere: the first one wins, as torch.max does; so
+    does the first of tied positions inside one reference (a constant key map)."""
     q, k = feats(4, 6, 7, seed=16), feats(4, 5, 5, seed=17)
-    s, idx = ts.search(q, [k, k.clone(), k.clone()], key_chunk=3)
-    s1, idx1 = ts.search(q, [k])
+    s, idx = ts.search(q, [k, k.clone(), k.clone()], key_rows=2, fuse=fuse)
+    s1, idx1 = ts.search(q, [k], fuse=fuse)
     assert torch.equal(idx, idx1)
     torch.testing.assert_close(s, s1)
+    # constant maps: every interior key patch matches an interior query patch exactly (S = 1, the
+    # same sums in the same order); the first of them (row 1, column 1 of a 10-wide map) wins
+    s, idx = ts.search(torch.ones(4, 6, 7), [torch.ones(4, 9, 10)], fuse=fuse)
+    assert (idx[1:-1, 1:-1] == 11).all()
+    torch.testing.assert_close(s[1:-1, 1:-1], torch.ones(4, 5))
+
+
+def test_fused_kernel_equals_the_eager_passes():
+    """The compiled kernel (the CPU default for big searches) builds here, and gives the eager
+    passes' index exactly and their S to float rounding, with and without query normalisation."""
+    from napari_refsr import shift_search
+
+    q = feats(32, 37, 41, seed=70)
+    keys = [feats(32, 50, 45, seed=71), feats(32, 20, 61, seed=72)]
+    for normalize_query in (True, False):
+        eager = ts.search(q, keys, fuse=False, normalize_query=normalize_query, query_rows=6, key_rows=9)
+        fused = ts.search(q, keys, fuse=True, normalize_query=normalize_query, query_rows=6, key_rows=9)
+        assert shift_search.fused_available() is None  # compiled and used, not the eager fallback
+        assert torch.equal(fused[1], eager[1])
+        torch.testing.assert_close(fused[0], eager[0], atol=1e-6, rtol=1e-6)
+    assert_same_search(fused, q, keys, normalize_query=False, atol=1e-4)
+    # the default picks it only for searches big enough to repay the compilation, and only on a CPU
+    assert not shift_search.use_fused(None, torch.device("cpu"), 1e9)
+    assert shift_search.use_fused(None, torch.device("cpu"), 1e13)
+    assert not shift_search.use_fused(True, torch.device("cuda"), 1e13)
+
+
+def test_search_larger_patches_equal_dense():
+    """The shift-sum is written for any odd patch: 5×5 patches sum 25 shifted views."""
+    q = feats(6, 11, 13, seed=60)
+    keys = [feats(6, 9, 10, seed=61), feats(6, 14, 5, seed=62)]
+    assert_same_search(ts.search(q, keys, patch=5, query_rows=3, key_rows=4), q, keys, patch=5)
+
+
+@pytest.mark.parametrize("rows", [(0, 17), (0, 6), (5, 12), (11, 17), (8, 9)])
+def test_search_of_a_band_with_its_ring_equals_the_whole_map(rows):
+    """A band of query rows searched with the neighbours' features as its 1-pixel ring gives
+    exactly the rows of the whole map's search (how the pipeline searches an image in pieces)."""
+    q = feats(16, 17, 19, seed=63)
+    keys = [feats(16, 13, 17, seed=64), feats(16, 9, 12, seed=65)]
+    s_all, idx_all = ts.search(q, keys)
+    a, b = rows
+    band = F.pad(q, (1, 1, 1, 1))[:, a : b + 2]
+    s, idx = ts.search_padded(band, keys)
+    assert torch.equal(idx, idx_all[a:b])
+    torch.testing.assert_close(s, s_all[a:b], atol=1e-6, rtol=1e-6)
+
+
+def test_search_reports_every_step_and_cancels_between_steps():
+    q = feats(8, 10, 9, seed=66)
+    keys = [feats(8, 7, 8, seed=67), feats(8, 5, 6, seed=68)]
+    calls = []
+    got = ts.search(q, keys, query_rows=3, key_rows=2, progress=lambda d, t: calls.append((d, t)))
+    total = 4 * 4 + 4 * 3  # ⌈10/3⌉ query bands × (⌈7/2⌉ + ⌈5/2⌉) key bands
+    assert calls == [(i, total) for i in range(1, total + 1)]
+    assert_same_search(got, q, keys)
+    checks = []
+    with pytest.raises(Cancelled):
+        ts.search(q, keys, query_rows=3, key_rows=2, progress=lambda d, t: calls.append(d),
+                  cancel=lambda: checks.append(1) or len(checks) > 5)
+    assert len(checks) == 6  # checked before every step, stopped at the first True
+    with pytest.raises(Cancelled):
+        ts.search(q, keys, cancel=lambda: True)
+
+
+@pytest.mark.parametrize("dtype,agree,s_tol", [(torch.float16, 0.99, 1e-3), (torch.bfloat16, 0.97, 5e-3)])
+def test_search_low_precision_products(dtype, agree, s_tol):
+    """The GPU path's operand types (run here on the CPU): pixel products in float16/bfloat16
+    (each map scaled by its max so float16 cannot overflow, here features up to ~400), sums and
+    running max in float32: nearly every index agrees and S is close; the float32 default agrees
+    exactly where the winner is clear."""
+    q, k = 100 * feats(32, 20, 21, seed=69).relu(), 100 * feats(32, 23, 19, seed=70).relu()
+    s_ref, idx_ref = dense(q, [k])
+    s, idx = ts.search(q, [k], product_dtype=dtype, query_rows=4, key_rows=5)
+    assert s.dtype == torch.float32 and torch.isfinite(s).all()
+    assert (idx == idx_ref).float().mean() >= agree
+    assert (s - s_ref).abs().max() <= s_tol
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,17 +413,18 @@ def test_memory_meter_sees_allocations():
     assert 12345 <= peak < 12345 + 4096
 
 
-@pytest.mark.parametrize("budget", [16 * 2**10, 64 * 2**10, 160 * 2**10])
+@pytest.mark.parametrize("budget", [160 * 2**10, 320 * 2**10, 640 * 2**10])
 def test_search_scratch_memory_within_budget(budget):
-    """Beyond fixed-size buffers (the zero-padded feature copies and the (H·W) outputs), the
-    memory held during a search never exceeds ``budget_bytes``, while the dense matrix alone
-    would be many times the budget."""
-    q = feats(8, 16, 15, seed=52)
-    keys = [feats(8, 14, 20, seed=53), feats(8, 7, 9, seed=54)]
-    fixed = sum(F.pad(t, (1, 1, 1, 1)).nbytes for t in [q, *keys]) + 16 * 15 * (4 + 8)
-    dense_bytes = 16 * 15 * (280 + 63) * 4  # the matrix R alone
+    """Beyond fixed-size buffers (the zero-padded feature copies, per-pixel norm maps and the
+    (H·W) outputs), the memory held during a search never exceeds ``budget_bytes``, while the
+    dense matrix alone would be many times the budget."""
+    q = feats(8, 32, 30, seed=52)
+    keys = [feats(8, 40, 36, seed=53), feats(8, 7, 9, seed=54)]
+    padded = [F.pad(t, (1, 1, 1, 1)) for t in [q, *keys]]
+    fixed = sum(t.nbytes for t in padded) + sum(4 * 4 * t[0].numel() for t in padded) + 32 * 30 * (4 + 8)
+    dense_bytes = 32 * 30 * (40 * 36 + 63) * 4  # the matrix R alone
     peak, got = peak_cpu_bytes(lambda: ts.search(q, keys, budget_bytes=budget))
     assert peak - fixed <= budget, f"search held {peak - fixed} bytes of scratch, budget {budget}"
     assert peak > fixed  # it did allocate: the meter works here
-    assert budget < dense_bytes / 2
+    assert budget < dense_bytes / 8
     assert_same_search(got, q, keys)

@@ -74,15 +74,16 @@ def _wait_idle(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
-def _hold_after_first_step(widget):
-    """Hold the worker right after its first tile/chunk until ``go`` is set, so a test can click
-    Cancel with no race. Returns (first step done, go, the (done, total) steps seen)."""
+def _hold_after_first_step(widget, message: str | None = None):
+    """Hold the worker right after its first step (or the step reported with ``message``) until
+    ``go`` is set, so a test can click Cancel with no race. Returns (that step done, go, the steps
+    seen: (done, total), or (done, total, message) when ``message`` is given)."""
     first, go, seen = threading.Event(), threading.Event(), []
 
-    def in_worker(done, total, _message):
+    def in_worker(done, total, text):
         if total:
-            seen.append((done, total))
-            if done == 1:
+            seen.append((done, total) if message is None else (done, total, text))
+            if (done == 1) if message is None else (text == message):
                 first.set()
                 go.wait(30)
 
@@ -159,7 +160,9 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert widget.running
     _wait_idle(qtbot, widget)
     assert errors == []
-    assert widget.progress.value == widget.progress.max == 3  # one 24×24 tile per slice
+    # the whole job's steps: encoding the reference (keys, values), then per slice three search
+    # steps (8 of its 24 rows each) and one tile
+    assert widget.progress.value == widget.progress.max == 2 + 3 * (3 + 1)
 
     out = viewer.layers["stack ×4"]
     assert out.data.shape == (3, 96, 96) and out.data.dtype == np.uint16
@@ -280,7 +283,8 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     widget = _widget_for(viewer)
     _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
 
-    first_tile, go, seen = _hold_after_first_step(widget)
+    # hold the worker right after the first slice's tile until Cancel has been clicked (no race)
+    first_tile, go, seen = _hold_after_first_step(widget, "running tiles: 1 of 1")
     n_before = len(viewer.layers)
     widget.run_button.clicked()
     qtbot.waitUntil(first_tile.is_set, timeout=120_000)
@@ -289,7 +293,11 @@ def test_cancel_stops_mid_stack(make_napari_viewer, qtbot, tiny_checkpoint, monk
     go.set()
     _wait_idle(qtbot, widget)
 
-    assert seen == [(1, 4)]  # stopped after the first of four slices
+    # stopped after the first of four slices: encoding, its search steps and its tile (of 2 + 4 × 4)
+    assert seen[-1] == (6, 18, "running tiles: 1 of 1")
+    assert [m for *_, m in seen] == ["encoding references: 1 of 2", "encoding references: 2 of 2",
+                                     "searching: 0 of 3", "searching: 1 of 3", "searching: 2 of 3",
+                                     "searching: 3 of 3", "running tiles: 0 of 1", "running tiles: 1 of 1"]
     assert len(viewer.layers) == n_before and errors == []
     assert widget.status.value == "cancelled"
     assert widget.run_button.enabled and not widget.cancel_button.enabled
@@ -529,13 +537,13 @@ def test_dask_layer_runs_out_of_core_into_a_lazy_multiscale_layer(make_napari_vi
     pytest.importorskip("ome_zarr")
     viewer = make_napari_viewer()
     rng = np.random.default_rng(5)
-    image = (rng.random((76, 80)) * 50000 + 1000).astype(np.uint16)
+    image = (rng.random((77, 80)) * 50000 + 1000).astype(np.uint16)
     lr = viewer.add_image(da.from_array(image, chunks=(32, 32)), name="big", scale=(0.5, 0.25),
                           translate=(10.0, -3.0), contrast_limits=(1000, 40000))
     ref = viewer.add_image((rng.random((32, 36)) * 60000).astype(np.uint16), name="ref")
     widget = _widget_for(viewer)
     _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
-    monkeypatch.setattr(_large, "CHUNK", 40)  # 2×2 chunks (40 + 36 by 40 + 40 LR pixels)
+    monkeypatch.setattr(_large, "CHUNK", 40)  # 2×2 chunks (40 + 37 by 40 + 40 LR pixels; halo 37)
     store = tmp_path / "result.ome.zarr"
     widget.store.value = str(store)
     seen = []
@@ -547,14 +555,14 @@ def test_dask_layer_runs_out_of_core_into_a_lazy_multiscale_layer(make_napari_vi
     assert (4, 4, "chunk 4 of 4") in seen
     out = viewer.layers["big ×4"]
     assert out.multiscale and store.is_dir() and str(store) in widget.status.value
-    assert [tuple(level.shape) for level in out.data] == [(304, 320), (152, 160)]
+    assert [tuple(level.shape) for level in out.data] == [(308, 320), (154, 160)]
     assert type(out.data[0]).__module__.startswith("dask")  # lazy: read from the store when shown
     expected = napari_refsr.upscale_nd(napari_refsr.load_model(tiny_checkpoint, device="cpu"), image,
                                        np.asarray(ref.data), tile=32).image
     np.testing.assert_array_equal(np.asarray(out.data[0]), expected)
     assert _store_scale(store) == pytest.approx([0.125, 0.0625])  # the store keeps the pixel size ÷ 4
-    lo_in, hi_in = _footprint(lr, (-0.5, -0.5), (75.5, 79.5))
-    lo_out, hi_out = _footprint(out, (-0.5, -0.5), (303.5, 319.5))
+    lo_in, hi_in = _footprint(lr, (-0.5, -0.5), (76.5, 79.5))
+    lo_out, hi_out = _footprint(out, (-0.5, -0.5), (307.5, 319.5))
     np.testing.assert_allclose(lo_out, lo_in, atol=1e-9)
     np.testing.assert_allclose(hi_out, hi_in, atol=1e-9)
 
@@ -571,7 +579,7 @@ def test_multiscale_layer_cancel_between_chunks_leaves_no_store(make_napari_view
     pytest.importorskip("ome_zarr")
     viewer = make_napari_viewer()
     rng = np.random.default_rng(6)
-    base = (rng.random((76, 80, 3)) * 255).astype(np.uint8)
+    base = (rng.random((77, 80, 3)) * 255).astype(np.uint8)
     lr = viewer.add_image([base, base[::2, ::2]], name="pyramid", rgb=True, multiscale=True)
     ref = viewer.add_image((rng.random((32, 36, 3)) * 255).astype(np.uint8), name="ref", rgb=True)
     widget = _widget_for(viewer)
