@@ -170,12 +170,12 @@ def _patch_scores(p4: torch.Tensor, inv: torch.Tensor, patch: int, a: torch.Tens
     x = [p4[:, dx : dx + w, :, dx : dx + wk] for dx in range(patch)]
     a = torch.add(x[0], x[1], out=a) if patch > 1 else x[0]
     for view in x[2:]:
-        a = a.add_(view) if a.is_contiguous() else a + view
+        a.add_(view)
     y = [a[dy : dy + qb, :, dy : dy + kb] for dy in range(patch)]
     s = torch.add(y[0], y[1], out=s) if patch > 1 else y[0].clone()
     for view in y[2:]:
-        s = s.add_(view) if s.is_contiguous() else s + view
-    return s.mul_(inv) if s.is_contiguous() else s * inv
+        s.add_(view)
+    return s.mul_(inv)
 
 
 def _fusable_best(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +221,8 @@ def use_fused(fuse: bool | None, device: torch.device, multiply_adds: float) -> 
 def _best_fused(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(val, row, col) (qb, w) like :func:`_row_argmax` of the scores, by the compiled kernel."""
     kernel = _fused_kernel()
-    if min(inv.shape) < 2 or p4.shape[0] - patch < 1:  # sizes 0/1 would compile a kernel of their own
+    # sizes 0/1 would compile a kernel of their own; a kernel that failed earlier is not retried
+    if kernel is None or min(inv.shape) < 2 or p4.shape[0] - patch < 1:
         return _row_argmax(_patch_scores(p4, inv, patch))
     try:
         from torch.fx.experimental import _config as fx_config
