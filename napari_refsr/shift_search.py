@@ -114,8 +114,8 @@ def plan_steps(query_shape: tuple[int, int], key_shapes: Sequence[tuple[int, int
     halo = patch - 1
     dev = torch.device(device)
     elements = CUDA_BLOCK_ELEMENTS if dev.type == "cuda" else BLOCK_ELEMENTS
-    # three float32 buffers the size of a block (products P, x-sums A, scores S), the rows shared with
-    # the next step and per-step temporaries: ~24 bytes per score of the block
+    # three float32 buffers the size of a block (products P, x-sums A, scores S) and per-step
+    # temporaries: ~24 bytes per product of the block
     elements = max(1, min(elements, budget_bytes // 24))
     plan = []
     for i, (hk, wk) in enumerate(key_shapes):
@@ -222,20 +222,19 @@ def _best_fused(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.
     """(val, row, col) (qb, w) like :func:`_row_argmax` of the scores, by the compiled kernel."""
     kernel = _fused_kernel()
     # sizes 0/1 would compile a kernel of their own; a kernel that failed earlier is not retried
-    if kernel is None or min(inv.shape) < 2 or p4.shape[0] - patch < 1:
-        return _row_argmax(_patch_scores(p4, inv, patch))
-    try:
+    if kernel is not None and min(inv.shape) >= 2 and p4.shape[0] > patch:
         from torch.fx.experimental import _config as fx_config
 
-        # no "duck" shapes: sizes that happen to be equal get their own symbols (no recompilation)
-        with _FUSED_LOCK, fx_config.patch(use_duck_shape=False):
-            vals, cols = kernel(p4, inv, patch)
-    except Exception as err:  # noqa: BLE001 - a failed compilation falls back to the eager path
-        _FUSED.pop("kernel", None)
-        _FUSED["broken"] = f"{type(err).__name__}: {err}".splitlines()[0]
-        return _row_argmax(_patch_scores(p4, inv, patch))
-    val, row = vals.max(dim=2)  # first key row holding the max: ties go to the lowest (row, col)
-    return val, row, cols.gather(2, row[:, :, None])[:, :, 0]
+        try:  # no "duck" shapes: sizes that happen to be equal get their own symbols (no recompilation)
+            with _FUSED_LOCK, fx_config.patch(use_duck_shape=False):
+                vals, cols = kernel(p4, inv, patch)
+        except Exception as err:  # noqa: BLE001 - a failed compilation falls back to the eager path
+            _FUSED.pop("kernel", None)
+            _FUSED["broken"] = f"{type(err).__name__}: {err}".splitlines()[0]
+        else:
+            val, row = vals.max(dim=2)  # first key row holding the max: ties go to the lowest (row, col)
+            return val, row, cols.gather(2, row[:, :, None])[:, :, 0]
+    return _row_argmax(_patch_scores(p4, inv, patch))
 
 
 @torch.no_grad()
@@ -351,8 +350,9 @@ def search(query: torch.Tensor, keys: Sequence[torch.Tensor], *, patch: int = 3,
     step sizes; ``progress``/``cancel`` see every step (:class:`Cancelled` stops the search).
     Scratch memory stays within ``budget_bytes`` (beyond copies of the padded maps and per-pixel
     norms); a budget below one query row × one key row (with halos) is raised to that minimum.
-    Options (``normalize_query``, ``budget_bytes``, ``query_rows``, ``key_rows``,
-    ``product_dtype``, ``progress``, ``cancel``) are :func:`search_padded`'s.
+    ``fuse`` chooses the fused CPU kernel for the work after each product (None: only for big
+    searches, :func:`use_fused`). Options (``normalize_query``, ``budget_bytes``, ``query_rows``,
+    ``key_rows``, ``product_dtype``, ``fuse``, ``progress``, ``cancel``) are :func:`search_padded`'s.
     """
     if query.dim() != 3:
         raise ValueError("search expects a (C,H,W) query and a non-empty list of (C,h,w) keys with the same C")
