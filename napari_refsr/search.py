@@ -66,12 +66,18 @@ def _transfer_offsets(index: torch.Tensor, values: Sequence[torch.Tensor], scale
     idx = index.reshape(-1)
     corner, row = base[idx], width[idx]
     c = flat.shape[0]
-    out = flat.new_zeros(c, h * scale + 2 * scale, w * scale + 2 * scale)
-    for oy in range(k):
-        for ox in range(k):
-            vals = flat.index_select(1, corner + oy * row + ox).view(c, h, w)
-            out[:, oy : oy + h * scale : scale, ox : ox + w * scale : scale] += vals
-    return out
+    # Offsets (py + scale·a, px + scale·b) all land on output phase (py, px), shifted by (a, b):
+    # summing each phase contiguously, then interleaving once, adds in the same order as the
+    # strided adds into the whole map would (bit-identical) at a fraction of the memory traffic.
+    phases = flat.new_zeros(c, scale, scale, h + 2, w + 2)
+    for py in range(scale):
+        for px in range(scale):
+            acc = phases[:, py, px]
+            for a in range(3):
+                for b in range(3):
+                    offset = corner + (py + scale * a) * row + px + scale * b
+                    acc[:, a : a + h, b : b + w] += flat.index_select(1, offset).view(c, h, w)
+    return phases.permute(0, 3, 1, 4, 2).reshape(c, (h + 2) * scale, (w + 2) * scale)
 
 
 def transfer(
