@@ -29,7 +29,7 @@ a size whose network run would take hours here (the network's own per-chunk memo
 with the image; the --sizes runs measure it).
 
     nice -n 19 python bench/large.py --sizes 1024,2048 --threads 1
-    nice -n 19 python bench/large.py --sizes 8192 --modes ooc --threads 1 --workers 2 --keep --folder DIR
+    nice -n 5 python bench/large.py --sizes 8192 --modes ooc --threads 1 --workers 2 --chunk 1024 --keep --folder DIR
     xvfb-run -a python bench/napari_lazy.py DIR/out8192.ome.zarr
     nice -n 19 python bench/large.py --writer 32768
     nice -n 19 python bench/large.py --machinery 8192 --threads 1 --keep --folder DIR

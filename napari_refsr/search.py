@@ -9,7 +9,7 @@ the same quantities are computed without ever holding either:
   memory is bounded by ``budget_bytes`` whatever the sizes. It searches the union of several
   reference images (a global patch index says which reference and where).
 * :func:`transfer` rebuilds the folded texture maps T one kernel offset at a time
-  (``index_select`` + strided add), which equals ``unfold → gather → fold`` exactly.
+  (``index_select`` + an add into its output phase), which equals ``unfold → gather → fold`` exactly.
 * :func:`relevance` recomputes S for the chosen indices differentiably (for training).
 
 One search serves both models: TTSR normalises query and key patches (cosine relevance),
