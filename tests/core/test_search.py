@@ -288,6 +288,15 @@ def test_transfer_equals_unfold_gather_fold(scale, channels, average_overlaps, t
 
 
 @pytest.mark.parametrize("scale,channels", LEVELS)
+def test_transfer_offsets_bit_identical_to_fold(scale, channels):
+    """The offset-by-offset sum (grouped by output phase) adds in the fold's order: same bits."""
+    grids = [(7, 9), (4, 5)]
+    values = [feats(channels, h * scale, w * scale, seed=40 + i) for i, (h, w) in enumerate(grids)]
+    index = torch.randint(0, 83, (9, 6), generator=torch.Generator().manual_seed(41))
+    assert torch.equal(ts._transfer_offsets(index, values, scale), ts._transfer_fold(index, values, scale))
+
+
+@pytest.mark.parametrize("scale,channels", LEVELS)
 def test_transfer_border_attenuation(scale, channels, transfer_path):
     """With constant value maps and interior key patches, T is the constant inside, ×6/9 on the
     edges (bands ``scale`` wide) and ×4/9 in the corners: the reference's fold divides by 9
