@@ -175,7 +175,7 @@ def search_cells(engine: _Engine, lr: Prepared, cells: Sequence[Tile], *, budget
     s_map = torch.full((H, W), float("nan"), dtype=torch.float32, device=dev)
     idx_map = torch.full((H, W), -1, dtype=torch.long, device=dev)
     # the fused kernel is compiled once per process: worth it for the whole job's search, not per cell
-    n_keys = sum(h * w for h, w in engine.keys.shapes)
+    n_keys = sum(h * w for h, w in engine.ref_shapes)
     work = sum((c.y1 - c.y0) * (c.x1 - c.x0) for c in cells) * n_keys * engine.bank.keys[0].shape[0]
     fuse = use_fused(None, torch.device(dev), work)
     for cell in cells:

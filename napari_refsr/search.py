@@ -59,7 +59,6 @@ def _transfer_fold(index: torch.Tensor, values: Sequence[torch.Tensor], scale: i
 def _transfer_offsets(index: torch.Tensor, values: Sequence[torch.Tensor], scale: int) -> torch.Tensor:
     """The same sum built one kernel offset at a time: memory ∝ the output, whatever the sizes."""
     h, w = index.shape
-    k = 3 * scale
     shapes = [(v.shape[1] // scale, v.shape[2] // scale) for v in values]
     flat = torch.cat([F.pad(v, (scale,) * 4).reshape(v.shape[0], -1) for v in values], dim=1)
     base, width = _shift_tables(shapes, scale, index.device)

@@ -188,6 +188,12 @@ _FUSED: dict = {}  # "kernel": the compiled _fusable_best, or "broken": why it c
 _FUSED_LOCK = threading.Lock()  # compiling (and calling) from several threads at once is not safe
 
 
+def _mark_broken(err: Exception) -> None:
+    """Remember why the fused kernel cannot be used (first line of the error): never retried."""
+    _FUSED.pop("kernel", None)
+    _FUSED["broken"] = f"{type(err).__name__}: {err}".splitlines()[0]
+
+
 def fused_available() -> str | None:
     """None when the fused CPU kernel can be used, else the reason (no C++ compiler, …)."""
     _fused_kernel()
@@ -205,7 +211,7 @@ def _fused_kernel():
                 raise RuntimeError("no C++ compiler (g++) on PATH")
             _FUSED["kernel"] = torch.compile(_fusable_best, dynamic=True)
         except Exception as err:  # noqa: BLE001 - any failure: the eager path computes the same
-            _FUSED["broken"] = f"{type(err).__name__}: {err}".splitlines()[0]
+            _mark_broken(err)
     return _FUSED.get("kernel")
 
 
@@ -229,8 +235,7 @@ def _best_fused(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.
             with _FUSED_LOCK, fx_config.patch(use_duck_shape=False):
                 vals, cols = kernel(p4, inv, patch)
         except Exception as err:  # noqa: BLE001 - a failed compilation falls back to the eager path
-            _FUSED.pop("kernel", None)
-            _FUSED["broken"] = f"{type(err).__name__}: {err}".splitlines()[0]
+            _mark_broken(err)
         else:
             val, row = vals.max(dim=2)  # first key row holding the max: ties go to the lowest (row, col)
             return val, row, cols.gather(2, row[:, :, None])[:, :, 0]
