@@ -12,12 +12,17 @@ Layout: both feature maps are zero-padded by ``k // 2``; P of a step is viewed a
 query columns, key rows, key columns), so the shifted views are 4-D slices and only valid patch
 positions are scored. Query rows are streamed: each step multiplies only its new rows and reuses
 the products of the previous step's last ``k - 1`` rows, so no query row is multiplied twice.
+Product rows are padded to a multiple of 16 floats (the matmul runs 20-25 % slower on rows of,
+e.g., 18 × 258). A query too wide for tall key bands within the budget is searched in column
+strips (each with its halo columns), so the key bands' halo rows stay a small share of the work.
 The work after the product runs as eager torch passes or, on a CPU, as one fused kernel
-(``torch.compile``; :func:`use_fused`), with the same result.
+(``torch.compile``; :func:`use_fused`) that takes the best score per key row with a plain max and
+recomputes only the winning row for its column, with the same result.
 
-Work is cut into steps (one band of query rows × one band of key rows); ``progress(done, total)``
-is called after each step and ``cancel()`` before it, so a front end moves and stops within one
-step (well under a second at the default sizes on a 2-core CPU).
+Work is cut into steps (one band of query rows × one band of key rows × one strip of query
+columns); ``progress(done, total)`` is called after each step and ``cancel()`` before it, so a
+front end moves and stops within one step (well under a second at the default sizes on a 2-core
+CPU).
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ from .defaults import DEFAULT_SEARCH_BUDGET as DEFAULT_BUDGET
 from .errors import Cancelled
 
 EPS = 1e-12  # the eps of torch.nn.functional.normalize, used by the reference
-BLOCK_ELEMENTS = 3 << 20  # pixel products per step on a CPU (12 MB buffers); CUDA takes bigger steps
+BLOCK_ELEMENTS = 12 << 20  # pixel products per step on a CPU (48 MB buffers); CUDA takes bigger steps
 CUDA_BLOCK_ELEMENTS = 1 << 26
 # multiply-adds (query pixels × key pixels × C) from which a CPU search compiles its fused kernel:
 # below, the compilation (≈4 s with inductor's cache warm, ≈20 s cold, once per process) costs
-# more than it saves (the eager passes take ≈ 1/2 of the products' time, the fused one ≈ 1/7)
+# more than it saves (after the products, the eager passes take ≈ 1/4 of their time, the fused one ≈ 1/8)
 FUSE_MIN_MULTIPLY_ADDS = 2e12
 
 __all__ = ["search", "search_padded", "patch_norms", "plan_steps", "count_steps", "prepare_keys", "KeySet", "DEFAULT_BUDGET", "EPS"]
@@ -92,11 +97,12 @@ def _rows_for(width_q: int, width_k: int, patch: int, n_rows_q: int, n_rows_k: i
               elements: int, max_query_rows: int | None) -> tuple[int, int]:
     """(query rows per step, key rows per band) for padded widths ``width_q``/``width_k`` whose
     product block ((query rows + halo) × Wq × (key rows + halo) × Wk scores) stays within
-    ``elements``. Measured best on a 2-core CPU (blocks of ~3 Mi scores, 16-64 key rows, 3-8 query
-    rows): first key bands of up to 16 rows that leave room for 3 query rows, then as many query
-    rows as fit (at most ``max_query_rows``), then the key bands grown into what is left (≤ 64)."""
+    ``elements``. Measured on a 2-core CPU (128²×256², C = 256, rows of aligned length): the rate
+    rises with the block up to ~(8-12 query × 32 key rows) and is flat beyond; so first key bands
+    of up to 32 rows that leave room for 3 query rows, then as many query rows as fit (at most
+    ``max_query_rows``), then the key bands grown into what is left (≤ 64)."""
     halo = patch - 1
-    key_rows = min(n_rows_k, 16)
+    key_rows = min(n_rows_k, 32)
     while key_rows > 1 and (3 + halo) * width_q * (key_rows + halo) * width_k > elements:
         key_rows //= 2
     query_rows = elements // ((key_rows + halo) * width_k * width_q) - halo
@@ -105,11 +111,26 @@ def _rows_for(width_q: int, width_k: int, patch: int, n_rows_q: int, n_rows_k: i
     return query_rows, max(key_rows, min(n_rows_k, 64, grown))
 
 
+def _strip_columns(w: int, width_k: int, n_rows_k: int, patch: int, elements: int) -> int:
+    """Query columns per strip: the whole width where a block of 3 query rows × key bands of
+    min(h_k, 32) rows fits in ``elements``, else the widest even split of the width that fits (at
+    least 16 columns). Tall key bands repeat fewer halo rows (2 of 34 instead of 2 of 6 on a
+    1k-wide query); a strip repeats only its 2 halo columns."""
+    halo = patch - 1
+    fit = elements // ((3 + halo) * (min(n_rows_k, 32) + halo) * width_k) - halo
+    if fit >= w:
+        return w
+    n = math.ceil(w / max(fit, 16))
+    return math.ceil(w / n)
+
+
 def plan_steps(query_shape: tuple[int, int], key_shapes: Sequence[tuple[int, int]], *, patch: int = 3,
                budget_bytes: int = DEFAULT_BUDGET, query_rows: int | None = None,
-               key_rows: int | None = None, device: str | torch.device = "cpu") -> list[tuple[int, int, int]]:
+               key_rows: int | None = None, query_columns: int | None = None,
+               device: str | torch.device = "cpu") -> list[tuple[int, int, int, int]]:
     """The search's steps for a (H, W) query and keys (h_i, w_i): a list of (reference number,
-    query rows per step, key rows per band) — one entry per reference; ``count_steps`` sums them."""
+    query rows per step, key rows per band, query columns per strip) — one entry per reference;
+    ``count_steps`` sums them."""
     h, w = query_shape
     halo = patch - 1
     dev = torch.device(device)
@@ -119,16 +140,25 @@ def plan_steps(query_shape: tuple[int, int], key_shapes: Sequence[tuple[int, int
     elements = max(1, min(elements, budget_bytes // 24))
     plan = []
     for i, (hk, wk) in enumerate(key_shapes):
-        qr, kr = _rows_for(w + halo, wk + halo, patch, h, hk, elements, None if dev.type == "cuda" else 8)
-        plan.append((i, query_rows or qr, key_rows or kr))
+        ws = min(w, query_columns or _strip_columns(w, wk + halo, hk, patch, elements))
+        qr, kr = _rows_for(ws + halo, wk + halo, patch, h, hk, elements, None if dev.type == "cuda" else 12)
+        plan.append((i, query_rows or qr, key_rows or kr, ws))
     return plan
 
 
 def count_steps(query_shape: tuple[int, int], key_shapes: Sequence[tuple[int, int]],
-                plan: Sequence[tuple[int, int, int]]) -> int:
+                plan: Sequence[tuple[int, int, int, int]]) -> int:
     """Number of progress steps of a search with ``plan`` (see :func:`plan_steps`)."""
-    h = query_shape[0]
-    return sum(math.ceil(h / qr) * math.ceil(key_shapes[i][0] / kr) for i, qr, kr in plan)
+    h, w = query_shape
+    return sum(math.ceil(w / ws) * math.ceil(h / qr) * math.ceil(key_shapes[i][0] / kr) for i, qr, kr, ws in plan)
+
+
+def _aligned(n: int) -> int:
+    """Row length for ``n`` product columns: the next multiple of 16 above ``n``. Rows of a
+    multiple of 16 floats run the matmul at full rate (rows of, e.g., 18 × 258 columns ran it
+    20-25 % slower on the project's CPU); always padding keeps one stride pattern for the
+    compiled kernel (a contiguous block would compile a second one)."""
+    return (n // 16 + 1) * 16
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, dtype: torch.dtype) -> None:
@@ -144,6 +174,12 @@ def _product(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, dtype: torch.d
         out.copy_(torch.mm(a, b))
 
 
+def _first_max(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over the last dim of ``s`` and the first position holding it (ties: lowest)."""
+    val = s.amax(dim=-1)
+    return val, (s == val[..., None]).int().argmax(dim=-1)
+
+
 def _row_argmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Max over the last two dims of s (a, b, rows, cols) with the (row, col) of the first maximum.
 
@@ -151,9 +187,9 @@ def _row_argmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     the max is taken with ``amax`` per key row, the winning row found on those (1/cols of the
     data), and only that row searched for the column. Ties go to the lowest (row, col)."""
     row_max = s.amax(dim=3)  # (a, b, rows)
-    val, row = row_max.max(dim=2)
+    _, row = row_max.max(dim=2)
     win = s.gather(2, row[:, :, None, None].expand(-1, -1, 1, s.shape[3]))[:, :, 0]  # (a, b, cols)
-    col = (win == val[:, :, None]).int().argmax(dim=2)  # first column holding the max
+    val, col = _first_max(win)
     return val, row, col
 
 
@@ -178,10 +214,30 @@ def _patch_scores(p4: torch.Tensor, inv: torch.Tensor, patch: int, a: torch.Tens
     return s.mul_(inv)
 
 
-def _fusable_best(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best score per (query pixel, key row) and its column: (qb, w, kb) each — the part the
-    compiled kernel fuses into one pass over the products."""
-    return _patch_scores(p4, inv, patch).max(dim=3)
+def _row_scores(p4: torch.Tensor, inv: torch.Tensor, patch: int, row: torch.Tensor) -> torch.Tensor:
+    """Scores (qb, w, wk) of one key row per query pixel (``row`` (qb, w)), summed in
+    :func:`_patch_scores`' order (x-sums, then y-sums; the same bits)."""
+    halo = patch - 1
+    qh, wh, _, wkh = p4.shape
+    qb, w, wk = qh - halo, wh - halo, wkh - halo
+    qi = torch.arange(qb, device=p4.device)[:, None]
+    xi = torch.arange(w, device=p4.device)[None, :]
+    s = None
+    for dy in range(patch):
+        a = p4[qi + dy, xi, row + dy, :wk]
+        for dx in range(1, patch):
+            a = a + p4[qi + dy, xi + dx, row + dy, dx : dx + wk]
+        s = a if s is None else s + a
+    return s * inv[row]
+
+
+def _fusable_best(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(val, row, col) (qb, w) like :func:`_row_argmax` of the scores, without holding them: the
+    best score per key row (a plain max, which vectorises), then the winning row's scores
+    recomputed for its column — the part the compiled kernel fuses into passes over the products."""
+    _, row = _patch_scores(p4, inv, patch).amax(dim=3).max(dim=2)
+    val, col = _first_max(_row_scores(p4, inv, patch, row))
+    return val, row, col
 
 
 _FUSED: dict = {}  # "kernel": the compiled _fusable_best, or "broken": why it cannot be used
@@ -233,12 +289,9 @@ def _best_fused(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.
 
         try:  # no "duck" shapes: sizes that happen to be equal get their own symbols (no recompilation)
             with _FUSED_LOCK, fx_config.patch(use_duck_shape=False):
-                vals, cols = kernel(p4, inv, patch)
+                return kernel(p4, inv, patch)
         except Exception as err:  # noqa: BLE001 - a failed compilation falls back to the eager path
             _mark_broken(err)
-        else:
-            val, row = vals.max(dim=2)  # first key row holding the max: ties go to the lowest (row, col)
-            return val, row, cols.gather(2, row[:, :, None])[:, :, 0]
     return _row_argmax(_patch_scores(p4, inv, patch))
 
 
@@ -252,6 +305,7 @@ def search_padded(
     budget_bytes: int = DEFAULT_BUDGET,
     query_rows: int | None = None,
     key_rows: int | None = None,
+    query_columns: int | None = None,
     product_dtype: torch.dtype | None = None,
     fuse: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -277,7 +331,7 @@ def search_padded(
     dev = q_pad.device
     shapes = keys.shapes
     plan = plan_steps((h, w), shapes, patch=patch, budget_bytes=budget_bytes, query_rows=query_rows,
-                      key_rows=key_rows, device=dev)
+                      key_rows=key_rows, query_columns=query_columns, device=dev)
     total = count_steps((h, w), shapes, plan)
     fused = use_fused(fuse, dev, float(h * w) * sum(hk * wk for hk, wk in shapes) * c)
 
@@ -285,56 +339,63 @@ def search_padded(
     low = dtype in (torch.float16, torch.bfloat16)
     q_scale = float(q_pad.abs().amax().clamp_min(EPS)) if low else 1.0
     q_op = (q_pad.float() / q_scale).to(dtype) if low else q_pad.float()
-    q_flat = q_op.reshape(c, -1).t()  # (Hp·Wp, C): query pixels as rows
     q_norm = patch_norms(q_pad, patch) if normalize_query else None
+    strips: dict[tuple[int, int], torch.Tensor] = {}  # (first column, columns): its pixels as rows (Hp·(ws+halo), C)
 
     best = torch.full((h, w), -math.inf, device=dev, dtype=torch.float32)
     best_idx = torch.zeros((h, w), dtype=torch.long, device=dev)
     done = 0
     offset = 0
-    for (_, qr, kr), key, (hk, wk) in zip(plan, keys.keys, shapes):
-        wkp = wk + halo
+    for (_, qr, kr, ws), key, (hk, wk) in zip(plan, keys.keys, shapes):
+        wkp, wsp = wk + halo, ws + halo
         k_op, inv_norm, k_scale = key.op, key.inv_norm, key.scale
-        width = (kr + halo) * wkp
+        width = _aligned((kr + halo) * wkp)
         # allocated once per reference (large buffers are not recycled by the CPU allocator)
-        p_buf = torch.empty((qr + halo) * wp * width, device=dev)
-        a_buf = None if fused else torch.empty((qr + halo) * w * (kr + halo) * wk, device=dev)
-        s_buf = None if fused else torch.empty(qr * w * kr * wk, device=dev)
+        p_buf = torch.empty((qr + halo) * wsp * width, device=dev)
+        a_buf = None if fused else torch.empty((qr + halo) * ws * (kr + halo) * wk, device=dev)
+        s_buf = None if fused else torch.empty(qr * ws * kr * wk, device=dev)
         for y0 in range(0, hk, kr):
             kb = min(kr, hk - y0)
-            k_cols = k_op[:, y0 : y0 + kb + halo].reshape(c, -1)  # (C, (kb+halo)·Wk)
-            nk = k_cols.shape[1]
+            nk = (kb + halo) * wkp
+            k_cols = F.pad(k_op[:, y0 : y0 + kb + halo].reshape(c, nk), (0, _aligned(nk) - nk))  # (C, ≥ (kb+halo)·Wk)
+            npad = k_cols.shape[1]
             inv = inv_norm[y0 : y0 + kb]
-            for q0 in range(0, h, qr):
-                if cancel is not None and cancel():
-                    raise Cancelled("cancelled")
-                qb = min(qr, h - q0)
-                # pixel products of the step's padded query rows; all but the first step reuse
-                # the previous step's last `halo` rows (moved to the front), so no row is multiplied twice
-                first = q0 == 0
-                new0 = q0 if first else q0 + halo
-                p = p_buf[: (qb + halo) * wp * nk].view((qb + halo) * wp, nk)
-                done_rows = 0 if first else halo * wp
-                _product(q_flat[new0 * wp : (q0 + qb + halo) * wp], k_cols, p[done_rows:], dtype)
-                p4 = p.view(qb + halo, wp, kb + halo, wkp)
-                if fused:
-                    val, row, col = _best_fused(p4, inv, patch)
-                else:
-                    a = a_buf[: (qb + halo) * w * (kb + halo) * wk].view(qb + halo, w, kb + halo, wk)
-                    s = s_buf[: qb * w * kb * wk].view(qb, w, kb, wk)
-                    val, row, col = _row_argmax(_patch_scores(p4, inv, patch, a, s))
-                val = val * (q_scale * k_scale)
-                arg = offset + (y0 + row) * wk + col
-                rows = slice(q0, q0 + qb)
-                better = val > best[rows]
-                best[rows] = torch.where(better, val, best[rows])
-                best_idx[rows] = torch.where(better, arg, best_idx[rows])
-                if q0 + qr < h and halo:
-                    tail = p[qb * wp :]
-                    p[: halo * wp].copy_(tail.clone() if qb < halo else tail)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+            for x0 in range(0, w, ws):
+                sw = min(ws, w - x0)
+                swp = sw + halo
+                if (x0, sw) not in strips:
+                    strips[(x0, sw)] = q_op[:, :, x0 : x0 + swp].reshape(c, -1).t()  # (Hp·swp, C)
+                q_flat = strips[(x0, sw)]
+                for q0 in range(0, h, qr):
+                    if cancel is not None and cancel():
+                        raise Cancelled("cancelled")
+                    qb = min(qr, h - q0)
+                    # pixel products of the step's padded query rows; all but the first step reuse
+                    # the previous step's last `halo` rows (moved to the front), so no row is multiplied twice
+                    first = q0 == 0
+                    new0 = q0 if first else q0 + halo
+                    p = p_buf[: (qb + halo) * swp * npad].view((qb + halo) * swp, npad)
+                    done_rows = 0 if first else halo * swp
+                    _product(q_flat[new0 * swp : (q0 + qb + halo) * swp], k_cols, p[done_rows:], dtype)
+                    p4 = p[:, :nk].view(qb + halo, swp, kb + halo, wkp)
+                    if fused:
+                        val, row, col = _best_fused(p4, inv, patch)
+                    else:
+                        a = a_buf[: (qb + halo) * sw * (kb + halo) * wk].view(qb + halo, sw, kb + halo, wk)
+                        s = s_buf[: qb * sw * kb * wk].view(qb, sw, kb, wk)
+                        val, row, col = _row_argmax(_patch_scores(p4, inv, patch, a, s))
+                    val = val * (q_scale * k_scale)
+                    arg = offset + (y0 + row) * wk + col
+                    cell = (slice(q0, q0 + qb), slice(x0, x0 + sw))
+                    better = val > best[cell]
+                    best[cell] = torch.where(better, val, best[cell])
+                    best_idx[cell] = torch.where(better, arg, best_idx[cell])
+                    if q0 + qr < h and halo:
+                        tail = p[qb * swp :]
+                        p[: halo * swp].copy_(tail.clone() if qb < halo else tail)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
         offset += hk * wk
     if normalize_query:
         best = best / q_norm.clamp_min(EPS)
@@ -352,12 +413,13 @@ def search(query: torch.Tensor, keys: Sequence[torch.Tensor], *, patch: int = 3,
     reference, row-major) — the dense formulation's answer up to float rounding (exact ties: the
     lowest index wins). ``product_dtype`` float16/bfloat16 runs the pixel products in that type
     (for CUDA; sums and the running max stay float32). ``query_rows``/``key_rows`` override the
-    step sizes; ``progress``/``cancel`` see every step (:class:`Cancelled` stops the search).
+    step sizes and ``query_columns`` the width of the query strips (wide queries are searched in
+    strips, so that key bands stay tall); ``progress``/``cancel`` see every step (:class:`Cancelled` stops the search).
     Scratch memory stays within ``budget_bytes`` (beyond copies of the padded maps and per-pixel
     norms); a budget below one query row × one key row (with halos) is raised to that minimum.
     ``fuse`` chooses the fused CPU kernel for the work after each product (None: only for big
     searches, :func:`use_fused`). Options (``normalize_query``, ``budget_bytes``, ``query_rows``,
-    ``key_rows``, ``product_dtype``, ``fuse``, ``progress``, ``cancel``) are :func:`search_padded`'s.
+    ``key_rows``, ``query_columns``, ``product_dtype``, ``fuse``, ``progress``, ``cancel``) are :func:`search_padded`'s.
     """
     if query.dim() != 3:
         raise ValueError("search expects a (C,H,W) query and a non-empty list of (C,h,w) keys with the same C")

@@ -8,6 +8,7 @@ texture transfer, exactly as the reference network computes them.
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from napari_refsr import search as ts
+from napari_refsr.shift_search import plan_steps
 from napari_refsr.errors import Cancelled
 
 _spec = importlib.util.spec_from_file_location("refsr_bench_search", Path(__file__).parents[2] / "bench" / "search.py")
@@ -80,17 +82,39 @@ def test_search_one_reference_equals_dense():
 
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize(
-    "query_rows,key_rows",
-    [(None, None), (1, 1), (2, 3), (3, 2), (5, 7), (4, None), (None, 4), (16, 29), (40, 40)],
+    "query_rows,key_rows,query_columns",
+    [(None, None, None), (1, 1, None), (2, 3, None), (3, 2, 5), (5, 7, None), (4, None, 1),
+     (None, 4, 8), (16, 29, None), (40, 40, 30), (None, None, 6), (2, 3, 2)],
 )
-def test_search_several_references_any_chunking(query_rows, key_rows, fuse):
+def test_search_several_references_any_chunking(query_rows, key_rows, query_columns, fuse):
     """Global index = references concatenated in order, row-major; bands that do not divide the
-    query's 17 rows nor any reference's 13, 9, 30 rows (and bands taller than the map) change
-    nothing — with the eager passes and with the fused kernel."""
+    query's 17 rows nor any reference's 13, 9, 30 rows, strips that do not divide its 19 columns
+    (and bands or strips bigger than the map) change nothing — with the eager passes and with the
+    fused kernel."""
     q = feats(16, 17, 19, seed=3)
     keys = [feats(16, 13, 17, seed=4), feats(16, 9, 12, seed=5), feats(16, 30, 7, seed=6)]
-    got = ts.search(q, keys, query_rows=query_rows, key_rows=key_rows, fuse=fuse)
+    got = ts.search(q, keys, query_rows=query_rows, key_rows=key_rows, query_columns=query_columns, fuse=fuse)
     assert_same_search(got, q, keys)
+
+
+def test_wide_queries_are_searched_in_strips():
+    """A query too wide for tall key bands within the budget is cut into column strips that keep
+    the key bands ≥ 32 rows; the answer is the dense one and the whole-width search's, and the
+    progress steps are the strips' steps."""
+    q, keys = feats(8, 10, 90, seed=70), [feats(8, 40, 50, seed=71)]
+    budget = 24 * 5 * 34 * 52 * 40  # a block of 3 (+2) query rows × 32 (+2) key rows on 38 columns
+    (_, qr, kr, ws), = plan_steps((10, 90), [(40, 50)], budget_bytes=budget)
+    assert (ws, kr) == (30, 33)  # three strips of 30 columns
+    (_, _, kr_whole, _), = plan_steps((10, 90), [(40, 50)], budget_bytes=budget, query_columns=90)
+    assert kr_whole <= 8  # the whole width would have forced short key bands
+    calls = []
+    got = ts.search(q, keys, budget_bytes=budget, progress=lambda d, t: calls.append((d, t)))
+    total = 3 * math.ceil(10 / qr) * math.ceil(40 / kr)
+    assert calls == [(i, total) for i in range(1, total + 1)]
+    assert_same_search(got, q, keys)
+    whole = ts.search(q, keys, budget_bytes=budget, query_columns=90)
+    assert torch.equal(got[1], whole[1])
+    torch.testing.assert_close(got[0], whole[0], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("budget", [1_000, 4_096, 20_000, 150_000])
