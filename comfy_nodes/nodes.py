@@ -22,8 +22,8 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 try:
-    from napari_refsr import (DEFAULT_MODEL, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE, RefSRError, RefSRModel,
-                              load_model, weights)
+    from napari_refsr import (DEFAULT_MODEL, DEFAULT_SEARCH, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE,
+                              SEARCH_MODES, RefSRError, RefSRModel, load_model, weights)
     from napari_refsr.phases import feature_bytes, resolve_phases
 except ImportError as _err:  # the core's packages are missing from ComfyUI's Python
     _requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")
@@ -142,6 +142,10 @@ class RefSRUpscale(io.ComfyNode):
                 io.Int.Input("tile_size", default=DEFAULT_TILE, min=MIN_TILE, max=MAX_TILE, step=16,
                              tooltip="Low-resolution pixels per tile edge; smaller tiles use less memory. "
                                      f"On out-of-memory the tile is halved automatically (down to {MIN_TILE})."),
+                io.Combo.Input("search", options=list(SEARCH_MODES), default=DEFAULT_SEARCH, optional=True,
+                               tooltip="exact: the best reference patch everywhere (the published search). "
+                                       "coarse: APPROXIMATE coarse-to-fine search, several times faster on big "
+                                       "references; a good but not always the best patch."),
                 io.Image.Input("reference_2", optional=True, tooltip="Optional second reference. " + ref_tip),
                 io.Image.Input("reference_3", optional=True, tooltip="Optional third reference. " + ref_tip),
             ],
@@ -160,7 +164,7 @@ class RefSRUpscale(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, reference, refsr_model: RefSRModel, tile_size: int = DEFAULT_TILE,
-                reference_2=None, reference_3=None) -> io.NodeOutput:
+                search: str | None = None, reference_2=None, reference_3=None) -> io.NodeOutput:
         lr = _batch(image, "image")
         refs = [item for i, ref in enumerate((reference, reference_2, reference_3), 1) if ref is not None
                 for item in _batch(ref, "reference" if i == 1 else f"reference_{i}")]
@@ -177,7 +181,8 @@ class RefSRUpscale(io.ComfyNode):
 
         try:
             image_out, confidence = upscale_by_kind(refsr_model, lr, refs, progress, tile=tile_size, device=device,
-                                                     value_range=(0.0, 1.0), cancel=cancel)
+                                                     value_range=(0.0, 1.0), cancel=cancel,
+                                                     search=search or DEFAULT_SEARCH)
         finally:
             refsr_model.to("cpu")  # give the device back to ComfyUI's other models
             model_management.soft_empty_cache()

@@ -7,7 +7,8 @@ and training use it without a GUI stack. The names below are imported on first u
 
 from importlib import import_module
 
-from .defaults import DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE
+from .defaults import (DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_SEARCH, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE,
+                       SEARCH_MODES)
 from .errors import Cancelled, RefSRError, WeightsError
 
 __version__ = "0.1.0"
@@ -19,7 +20,7 @@ _LAZY = {
 
 __all__ = [
     "Cancelled", "RefSRError", "WeightsError", "DEFAULT_MODEL", "RefSRModel", "build_network", "load_model",
-    "DEFAULT_OVERLAP", "DEFAULT_TILE", "MIN_TILE", "DEFAULT_SEARCH_BUDGET", "UpscaleResult", "upscale",
+    "DEFAULT_OVERLAP", "DEFAULT_TILE", "MIN_TILE", "DEFAULT_SEARCH_BUDGET", "DEFAULT_SEARCH", "SEARCH_MODES", "UpscaleResult", "upscale",
     "upscale_detailed", "upscale_nd",
 ]
 

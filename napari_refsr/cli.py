@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
-from .defaults import DEFAULT_MODEL, DEFAULT_TILE
+from .defaults import DEFAULT_MODEL, DEFAULT_SEARCH, DEFAULT_TILE, SEARCH_MODES
 from .errors import Cancelled, RefSRError
 from .large.paths import DEFAULT_CHUNK, is_zarr_path
 from .paths import check_no_clash
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also search the references at sub-LR-pixel offsets: 2 or 4 copies per axis (×4 or "
                          "×16 search time and reference memory) for references shifted by a few pixels; "
                          "default: the model's own setting (1 = the published search)")
+    up.add_argument("--search", choices=SEARCH_MODES, default=DEFAULT_SEARCH,
+                    help="exact: the best reference patch everywhere (the published search); coarse: "
+                         "APPROXIMATE coarse-to-fine search, several times faster on big references, a "
+                         "good but not always the best patch (default: %(default)s)")
     up.add_argument("--confidence", metavar="CONF", default=None,
                     help="also write the confidence map S at output size (TIFF: raw float32; "
                          "PNG/JPEG: an 8-bit picture, white = perfect match)")
@@ -297,7 +301,7 @@ def _cmd_upscale_large(args: argparse.Namespace, report: _Progress) -> int:
         report.say(f"opening {args.lr}")
         out = upscale_file(model, args.lr, refs, args.output, channels=args.channels, scheduler_spec=args.scheduler,
                            workers=args.workers, chunk=args.chunk, tile=args.tile, device=args.device,
-                           phases=args.phases, progress=report.chunks)
+                           phases=args.phases, search=args.search, progress=report.chunks)
     finally:
         report.close()
     if not args.quiet:
@@ -346,7 +350,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, device=args.device, half=args.half, progress=not args.quiet)
         result = upscale_nd(model, lr, refs, spatial_axes=spatial, channel_axis=channel_axis,
-                            tile=args.tile, device=args.device, phases=args.phases, phase=report)
+                            tile=args.tile, device=args.device, phases=args.phases, search=args.search,
+                            phase=report)
     finally:
         report.close()
 

@@ -15,10 +15,11 @@ from .errors import RefSRError
 from .model import RefSRModel, load_model
 
 from .defaults import MIN_TILE  # LR pixels: smaller tiles leave the search almost no context
+from .defaults import SEARCH_MODES
 MIN_SEARCH_BUDGET = 16 * 2**20  # bytes; below this the chunked search crawls
 
 __all__ = ["MIN_TILE", "MIN_SEARCH_BUDGET", "check_int", "check_tile", "check_overlap", "check_percentiles",
-           "check_value_range", "check_search_budget", "check_callback", "resolve_model"]
+           "check_value_range", "check_search_budget", "check_search_mode", "check_callback", "resolve_model"]
 
 
 def check_int(value, what: str, minimum: int) -> int:
@@ -69,6 +70,13 @@ def check_value_range(value_range) -> tuple[float, float] | None:
 
 def check_search_budget(budget) -> int:
     return check_int(budget, "search_budget (bytes)", MIN_SEARCH_BUDGET)
+
+
+def check_search_mode(mode) -> str:
+    """One of :data:`~napari_refsr.defaults.SEARCH_MODES` ("exact" or "coarse")."""
+    if not isinstance(mode, str) or mode not in SEARCH_MODES:
+        raise RefSRError(f"search must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    return mode
 
 
 def check_callback(fn, what: str):

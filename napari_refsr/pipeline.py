@@ -30,17 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from .confidence import upsample_confidence
-from .defaults import DEFAULT_OVERLAP, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE
+from .defaults import DEFAULT_OVERLAP, DEFAULT_SEARCH, DEFAULT_SEARCH_BUDGET, DEFAULT_TILE, MIN_TILE
 from .devices import choose_device, is_out_of_memory, release_memory
 from .errors import RefSRError
 from .model import RefSRModel
 from .normalize import DEFAULT_PERCENTILES, Prepared, intensity_window, prepare, restore, to_net
 from .options import MIN_SEARCH_BUDGET, check_callback, check_overlap, check_percentiles
-from .options import check_search_budget, check_tile, check_value_range, resolve_model
+from .options import check_search_budget, check_search_mode, check_tile, check_value_range, resolve_model
 from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Tracker
 from .phases import check_phases, phase_views, resolve_phases
 from .resize import down_up, resize_bicubic
 from .search import decode_index
+from .coarse_search import DEFAULT_FACTOR, coarse_steps
 from .shift_search import count_steps, plan_steps, prepare_keys, use_fused
 from .tiling import Blender, Tile, grow, intersects, plan_cells, plan_tiles
 
@@ -88,7 +89,9 @@ def _lr_and_up(lr: Prepared, t: Tile, device, dtype, margin: int = _LR_MARGIN) -
 class _Engine:
     """The network on its device with the reference set encoded once; searches cells, runs tiles."""
 
-    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half, phases: int | None = None):
+    def __init__(self, model: RefSRModel, refs: Sequence[Prepared], device, half, phases: int | None = None,
+                 search: str = DEFAULT_SEARCH):
+        self.approximate = search == "coarse"  # coarse-to-fine search (napari_refsr.coarse_search)
         self.model = model.to(device if device is not None else model.device, half)
         self.device = self.model.device
         self.dtype = torch.float16 if self.model.half else torch.float32
@@ -143,7 +146,11 @@ class _Engine:
         steps = 0
         for c in cells:
             shape = (c.y1 - c.y0, c.x1 - c.x0)
-            steps += count_steps(shape, shapes, plan_steps(shape, shapes, budget_bytes=budget, device=self.device))
+            if self.approximate:
+                steps += coarse_steps(shape, shapes, channels=self.net.search_channels, budget_bytes=budget,
+                                      device=self.device)
+            else:
+                steps += count_steps(shape, shapes, plan_steps(shape, shapes, budget_bytes=budget, device=self.device))
         return steps
 
     def run(self, lr: Prepared, tile: Tile, s_map: torch.Tensor, idx_map: torch.Tensor) -> np.ndarray:
@@ -177,13 +184,16 @@ def search_cells(engine: _Engine, lr: Prepared, cells: Sequence[Tile], *, budget
     # the fused kernel is compiled once per process: worth it for the whole job's search, not per cell
     n_keys = sum(h * w for h, w in engine.ref_shapes)
     work = sum((c.y1 - c.y0) * (c.x1 - c.x0) for c in cells) * n_keys * engine.bank.keys[0].shape[0]
+    if engine.approximate:
+        work /= DEFAULT_FACTOR**4  # the coarse search's pairs
     fuse = use_fused(None, torch.device(dev), work)
     for cell in cells:
         with torch.inference_mode():
             q = engine.cell_query(lr, cell)
             extra = tracker.search_callbacks() if tracker is not None else {}
-            s, idx = engine.net.attend(q, engine.bank, keys=engine.keys, budget_bytes=budget_bytes,
-                                       product_dtype=engine.product, fuse=fuse, **extra)
+            options = dict(approximate=True) if engine.approximate else dict(product_dtype=engine.product)
+            s, idx = engine.net.attend(q, engine.bank, keys=engine.keys, budget_bytes=budget_bytes, fuse=fuse,
+                                       **options, **extra)
         s_map[cell.y0 : cell.y1, cell.x0 : cell.x1] = s.float()
         idx_map[cell.y0 : cell.y1, cell.x0 : cell.x1] = idx
     return s_map, idx_map
@@ -283,9 +293,9 @@ class _Runner:
     """Runs slices with a shared engine, progress phases, cancel and out-of-memory retries."""
 
     def __init__(self, model, refs, *, tile, overlap, device, half, budget, tracker: Tracker, total_slices,
-                 phases=None):
+                 phases=None, search=DEFAULT_SEARCH):
         self.args = (model, refs, device, half)
-        self.phases = phases
+        self.phases, self.search = phases, search
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(budget)
         self.tracker = tracker
         self.total_slices = total_slices
@@ -302,7 +312,7 @@ class _Runner:
         """Encode the references (two steps per searched copy) and plan every slice's steps (all
         slices are alike)."""
         with _encoding():
-            self.engine = _Engine(*self.args, self.phases)
+            self.engine = _Engine(*self.args, self.phases, self.search)
             self.tracker.add(self.engine.encode_steps + self.total_slices * sum(self._steps(lr)))
             self.engine.encode(self.tracker)
         return self.engine
@@ -383,12 +393,15 @@ def upscale_nd(
     cancel: Cancel | None = None,
     phase: Phase | None = None,
     phases: int | None = None,
+    search: str = DEFAULT_SEARCH,
 ) -> UpscaleResult:
     """Upscale every 2D slice of ``data`` (Y, X = ``spatial_axes``; channels on ``channel_axis``)
     against one reference set. Other axes (Z, T, …) are looped over and kept.
 
     ``phases``: reference copies per axis searched at sub-LR-pixel offsets
     (:mod:`napari_refsr.phases`; None = the network's own setting, 1 = the published search).
+    ``search``: "exact" (the best reference patch everywhere) or "coarse" (coarse to fine,
+    approximate and faster on big references: :mod:`napari_refsr.coarse_search`).
 
     For non-uint8 data one intensity window (percentiles of the whole array) serves every slice,
     so a stack stays consistent. ``device=None`` keeps the model where it is; "auto" picks one.
@@ -401,6 +414,7 @@ def upscale_nd(
     value_range = check_value_range(value_range)
     search_budget = check_search_budget(search_budget)
     phases = None if phases is None else check_phases(phases)
+    search = check_search_mode(search)
     progress, cancel = check_callback(progress, "progress"), check_callback(cancel, "cancel")
     phase = check_callback(phase, "phase")
     if data is None:
@@ -428,7 +442,8 @@ def upscale_nd(
         if runner is None:
             prepared_refs = _prepare_refs(refs, lr.channels in (0, 1), percentiles, user_range)
             runner = _Runner(model, prepared_refs, tile=tile, overlap=overlap, device=device, half=half,
-                             budget=search_budget, tracker=tracker, total_slices=n_slices, phases=phases)
+                             budget=search_budget, tracker=tracker, total_slices=n_slices, phases=phases,
+                             search=search)
         sr, s, index = runner.slice(lr)
         images.append(restore(sr, lr))
         confs.append(upsample_confidence(s, 4))
@@ -491,12 +506,14 @@ class RegionUpscaler:
                  ref_range: tuple[float, float] | None = None, tile: int = DEFAULT_TILE,
                  overlap: int = DEFAULT_OVERLAP, device: str | torch.device | None = None,
                  half: bool | None = None, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-                 search_budget: int = DEFAULT_SEARCH_BUDGET, phases: int | None = None):
+                 search_budget: int = DEFAULT_SEARCH_BUDGET, phases: int | None = None,
+                 search: str = DEFAULT_SEARCH):
         if tile < MIN_TILE:
             raise RefSRError(f"tile size {tile} is too small; use at least {MIN_TILE}")
         prepared = _prepare_refs(refs, not colour, percentiles, ref_range)
         with _encoding():
-            self.engine = _Engine(model, prepared, None if device is None else choose_device(device), half, phases)
+            self.engine = _Engine(model, prepared, None if device is None else choose_device(device), half, phases,
+                                  check_search_mode(search))
             self.engine.encode()
         self.tile, self.overlap, self.budget = int(tile), int(overlap), int(search_budget)
         self.value_range, self.percentiles = value_range, percentiles

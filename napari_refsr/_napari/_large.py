@@ -45,7 +45,7 @@ def store_path(chosen: str, layer_name: str) -> Path:
 
 def upscale_to_store(model: RefSRModel, data, refs: Sequence[Any], axes: LayerAxes, store: Path, *, tile: int,
                      labels: Sequence[str] | None, scale: Sequence[float], progress: Callable[[int, int], None],
-                     cancel: Callable[[], bool]) -> Path:
+                     cancel: Callable[[], bool], search: str = "exact") -> Path:
     """Run :func:`napari_refsr.large.upscale_to_ome_zarr` for a layer's data (threaded scheduler);
     the store gets the layer's pixel sizes (``scale``, per world axis), Y/X divided by 4."""
     from .. import large
@@ -54,7 +54,7 @@ def upscale_to_store(model: RefSRModel, data, refs: Sequence[Any], axes: LayerAx
     sizes = {letter: float(scale[i]) for i, letter in enumerate(letters[: axes.world_ndim]) if letter in "TZYX"}
     return large.upscale_to_ome_zarr(model, data, [np.asarray(r) for r in refs], store, axes=letters, scale=sizes,
                                      spatial_axes=axes.spatial, channel_axis=axes.channel, tile=tile, chunk=CHUNK,
-                                     progress=progress, cancel=cancel, overwrite=True)
+                                     progress=progress, cancel=cancel, overwrite=True, search=search)
 
 
 def store_layers(layer, axes: LayerAxes, store: Path, *, factor: int, tile: int, model_name: str,

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BROWSE = "<browse>"
 DEVICES = ("auto", "cuda", "mps", "cpu")
+SEARCH_CHOICES = [("exact", "exact"), ("coarse (approximate, faster)", "coarse")]  # labels of SEARCH_MODES
 NO_CHANNEL = -1
 
 _LIVE: "weakref.WeakSet[RefSRWidget]" = weakref.WeakSet()  # open upscale widgets
@@ -71,6 +72,7 @@ class _Job:
     store: Path | None = None  # out of core: the OME-Zarr the result goes to
     labels: tuple | None = None  # the layer's axis labels (OME-Zarr axis names)
     scale: tuple = ()  # the layer's scale (the store's pixel sizes)
+    search: str = "exact"  # or "coarse": the approximate coarse-to-fine search
 
 
 @dataclass
@@ -98,7 +100,7 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
             store = upscale_to_store(model, job.data, job.refs, job.axes, job.store, tile=job.tile,
                                      labels=job.labels, scale=job.scale,
                                      progress=lambda d, t: report(d, t, f"chunk {d} of {t}"),
-                                     cancel=cancel)
+                                     cancel=cancel, search=job.search)
             return _Outcome("ok", None, model.name, int(model.scale), seconds=time.perf_counter() - start,
                             store=store)
         report(0, 0, "reading data…")
@@ -111,7 +113,7 @@ def _execute(job: _Job, report: Callable[[int, int, str], None], cancel: Callabl
 
         result = upscale_nd(model, lr, refs, spatial_axes=job.axes.spatial, channel_axis=job.axes.channel,
                             tile=job.tile, progress=lambda done, total: job_steps.__setitem__(slice(None), (done, total)),
-                            phase=phase, cancel=cancel)
+                            phase=phase, cancel=cancel, search=job.search)
     except Cancelled:
         return _Outcome("cancelled", seconds=time.perf_counter() - start)
     except RefSRError as err:
@@ -194,6 +196,9 @@ class RefSRWidget(Container):
                                   tooltip="float16 is used on CUDA GPUs only")
         self.tile = SpinBox(label="Tile (LR px)", min=MIN_TILE, max=4096, step=16, value=DEFAULT_TILE,
                             tooltip="LR pixels per tile; smaller tiles need less memory")
+        self.search = ComboBox(label="Search", choices=SEARCH_CHOICES, value="exact",
+                               tooltip="exact: the best reference patch everywhere; coarse: approximate "
+                                       "coarse-to-fine search, several times faster on big references")
         self.store = LineEdit(label="Result store", value="",
                               tooltip="dask, zarr or multiscale layers run out of core into this OME-Zarr "
                                       "(empty: a new store in the temporary folder)")
@@ -206,7 +211,7 @@ class RefSRWidget(Container):
         self._keep_narrow()
         buttons = Container(layout="horizontal", labels=False, widgets=[self.run_button, self.cancel_button])
         self.extend([self.image, self.references, self.y_axis, self.x_axis, self.channel_axis, self.model,
-                     self.device, self.precision, self.tile, self.store, self.add_confidence, self.add_source, buttons,
+                     self.device, self.precision, self.tile, self.search, self.store, self.add_confidence, self.add_source, buttons,
                      self.progress, self.status])
 
         self.image.changed.connect(self._on_image_changed)
@@ -428,7 +433,8 @@ class RefSRWidget(Container):
             raise RefSRError("choose a model or a checkpoint file")
         return _Job(model=model, device=self.device.value, half=self.precision.value == "float16",
                     tile=int(self.tile.value), data=data, refs=[reference_data(r, point) for r in refs],
-                    axes=axes, store=store, labels=tuple(layer.axis_labels), scale=tuple(layer.scale))
+                    axes=axes, store=store, labels=tuple(layer.axis_labels), scale=tuple(layer.scale),
+                    search=self.search.value)
 
     def run(self, *_) -> None:
         """Start a run in a worker thread (ignored while one is running)."""

@@ -10,6 +10,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import torch
 import torch.nn as nn
 
+from ..coarse_search import coarse_search_padded
 from ..search import DEFAULT_BUDGET, search_padded
 from .blocks import to_unit
 
@@ -60,6 +61,7 @@ class RefSRNetwork(nn.Module):
     """
 
     search_budget: int = DEFAULT_BUDGET  # scratch bytes of one texture search unless a call says otherwise
+    search_channels: int = 256  # channels of the level-3 features the search compares (relu3_1)
     texture_loss: str = ""  # the training loss on the transferred textures: "tpl" (TTSR) or "tex" (SRNTT)
     trainable_extractor: bool = False  # does training update the texture extractor (own learning rate)?
 
@@ -119,15 +121,17 @@ class RefSRNetwork(nn.Module):
                 banks[b].lv3.append(lv3[i])
         return banks
 
-    def attend(self, query_padded: torch.Tensor, bank: ReferenceBank, *, keys=None, **search_options):
+    def attend(self, query_padded: torch.Tensor, bank: ReferenceBank, *, keys=None, approximate: bool = False,
+               **search_options):
         """(S, index) (H, W) of a level-3 query map (C, H+2, W+2) that carries its 1-pixel ring
         (zeros at an image border, the neighbours' features for a piece of a larger image): the
         index of the best reference patch and S, its cosine — the hard and soft attention of
         every network here. ``keys``: the bank's keys made ready once
         (:func:`napari_refsr.shift_search.prepare_keys`); options go to
-        :func:`napari_refsr.search.search_padded`."""
-        return search_padded(query_padded, bank.keys if keys is None else keys, normalize_query=True,
-                             **search_options)
+        :func:`napari_refsr.search.search_padded`, or with ``approximate`` to
+        :func:`napari_refsr.coarse_search.coarse_search_padded` (coarse to fine)."""
+        searcher = coarse_search_padded if approximate else search_padded
+        return searcher(query_padded, bank.keys if keys is None else keys, normalize_query=True, **search_options)
 
     def textures(self, index: torch.Tensor, bank: ReferenceBank) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The level-3/2/1 texture maps the network takes for hard-attention indices (H, W)."""

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import dask.array as da
 import numpy as np
 
+from ..defaults import DEFAULT_SEARCH
 from ..errors import RefSRError
 from ..model import RefSRModel
 from ..normalize import DEFAULT_PERCENTILES, MIN_SIZE
@@ -126,6 +127,7 @@ def upscale_dask(
     search_budget: int = DEFAULT_BUDGET,
     client: Any = "active",
     phases: int | None = None,
+    search: str = DEFAULT_SEARCH,
 ) -> da.Array:
     """``upscale_nd``'s image, as a lazy dask array: ``data`` (a dask array, zarr array or anything
     ``dask.array.asarray`` takes) is processed in ``chunk``×``chunk`` LR chunks with halos. Writing
@@ -160,7 +162,7 @@ def upscale_dask(
     colour = ca is not None and arr.shape[ca] >= 3
     options = dict(colour=colour, value_range=window, ref_range=value_range, tile=tile, overlap=overlap,
                    device=device, half=half, percentiles=percentiles, search_budget=search_budget,
-                   phases=phases)
+                   phases=phases, search=search)
     job = Job(model, [np.asarray(r) for r in (refs if isinstance(refs, (list, tuple)) else [refs])], options)
     job.upscaler()  # checks the references now; the threaded scheduler reuses this one
 

@@ -136,7 +136,8 @@ def test_schemas_types_tooltips_and_execute_signatures(tiny_file):
     assert [o.io_type for o in loader.outputs] == ["REFSR_MODEL"]
     assert [(i.id, i.io_type, i.optional) for i in up.inputs] == [
         ("image", "IMAGE", False), ("reference", "IMAGE", False), ("refsr_model", "REFSR_MODEL", False),
-        ("tile_size", "INT", False), ("reference_2", "IMAGE", True), ("reference_3", "IMAGE", True)]
+        ("tile_size", "INT", False), ("search", "COMBO", True), ("reference_2", "IMAGE", True),
+        ("reference_3", "IMAGE", True)]
     tile = up.inputs[3]
     assert (tile.default, tile.min) == (napari_refsr.DEFAULT_TILE, 32) and tile.max >= 512
     assert [o.io_type for o in up.outputs] == ["IMAGE", "MASK"]
@@ -315,7 +316,7 @@ def test_upscale_batch_shapes_range_and_comfy_services(model, scene, monkeypatch
     values = [v for v, _ in events]
     assert values == list(range(1, len(events) + 1)) and {t for _, t in events} == {len(events)}
     # encoding (the reference's keys, its values) + per image: two search steps (a CPU step takes
-    # at most 8 of the LR's 16 rows), one tile
+    # at most 12 of the LR's 16 rows), one tile
     assert len(events) == 2 + 2 * (2 + 1)
 
 
@@ -404,6 +405,22 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(model, scene, monke
         run(cn.RefSRUpscale, image=_image(scene["lr"][0]), reference=_image(scene["hr"]), refsr_model=model,
             tile_size=128)
     assert mm.calls[-1] == ("soft_empty_cache",) and model.device.type == "cpu"
+
+
+def test_search_input_runs_the_coarse_search(model, scene):
+    """The optional "search" combo: "coarse" gives the core's coarse-to-fine result; left out, the
+    exact search runs."""
+    (search,) = [i for i in cn.RefSRUpscale.define_schema().inputs if i.id == "search"]
+    assert search.optional and search.options == ["exact", "coarse"] and search.default == "exact"
+    image, ref = _image(scene["lr"][1]), _image(scene["hr"])  # another scene: imperfect matches
+    coarse_out, coarse_mask = run(cn.RefSRUpscale, image=image, reference=ref, refsr_model=model, tile_size=32,
+                                  search="coarse")
+    _, exact_mask = run(cn.RefSRUpscale, image=image, reference=ref, refsr_model=model, tile_size=32)
+    coarse, conf = napari_refsr.upscale(model, scene["lr"][1], scene["hr"], tile=32, device="cpu",
+                                        value_range=(0, 1), search="coarse", return_confidence=True)
+    np.testing.assert_allclose(coarse_out[0].numpy(), np.clip(coarse, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(coarse_mask[0].numpy(), np.clip(conf, 0, 1), atol=1e-6)
+    assert not torch.equal(coarse_mask, exact_mask)  # other patches somewhere: the confidence S differs
 
 
 def test_interrupt_from_the_progress_hook_stops_the_node(model, scene):

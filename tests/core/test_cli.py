@@ -298,3 +298,23 @@ def test_failed_late_write_removes_earlier_outputs(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1 and "No space left" in err[0] and "conf.tif" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.png", "ref.png"]
+
+
+def test_search_flag_runs_the_coarse_search(tmp_path, ckpt, model, capsys):
+    """``--search coarse`` writes upscale_nd's coarse-to-fine result (not the exact one); an
+    unknown mode is a usage error naming the option."""
+    lr, ref = _smooth(24, 28, channels=3), _smooth(72, 80, channels=3)
+    imageio.write_image(tmp_path / "lr.png", lr)
+    imageio.write_image(tmp_path / "ref.png", ref)
+    args = ["upscale", str(tmp_path / "lr.png"), str(tmp_path / "ref.png"), "-o", str(tmp_path / "out.png"),
+            "--model", str(ckpt), "--device", "cpu", "--quiet"]
+    assert cli.main([*args, "--search", "coarse"]) == 0
+    out = imageio.read_image(tmp_path / "out.png")
+    options = dict(spatial_axes=(0, 1), channel_axis=2, device="cpu")
+    coarse = napari_refsr.upscale_nd(model, lr, ref, search="coarse", **options).image
+    exact = napari_refsr.upscale_nd(model, lr, ref, **options).image
+    np.testing.assert_array_equal(out, coarse)
+    assert not np.array_equal(coarse, exact)
+    with pytest.raises(SystemExit) as info:
+        cli.main([*args, "--search", "fast"])
+    assert info.value.code == 2 and "--search" in capsys.readouterr().err

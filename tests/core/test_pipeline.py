@@ -324,3 +324,22 @@ def test_load_model_caches_and_infers_config(tiny_checkpoint):
     assert a is b
     assert a.config["n_feats"] == 8 and list(a.config["num_res_blocks"]) == [1, 1, 1, 1]
     assert isinstance(a.network, torch.nn.Module) and a.device.type == "cpu"
+
+
+def test_coarse_search_mode(tiny_model, astronaut):
+    """``search="coarse"`` runs the approximate coarse-to-fine search: on a natural image whose
+    scene the reference holds, nearly the exact result; its progress counts to the announced
+    total; a bad mode is one error naming it."""
+    lr = np.ascontiguousarray(astronaut[::4, ::4][:48, :48])
+    ref = astronaut[:256, :256]
+    exact = rs.upscale_detailed(tiny_model, lr, ref, device="cpu")
+    calls = []
+    approx = rs.upscale_detailed(tiny_model, lr, ref, device="cpu", search="coarse",
+                                 progress=lambda d, t: calls.append((d, t)))
+    assert [d for d, _ in calls] == list(range(1, len(calls) + 1)) and {t for _, t in calls} == {len(calls)}
+    assert approx.image.shape == exact.image.shape and approx.image.dtype == np.uint8
+    assert (approx.source == exact.source).all(axis=-1).mean() > 0.5  # most pixels: the exact patch
+    assert psnr(exact.image, approx.image, 255) >= 35
+    assert not np.array_equal(exact.image, approx.image)  # a different search ran
+    with pytest.raises(RefSRError, match="search must be one of exact, coarse"):
+        rs.upscale(tiny_model, lr, ref, device="cpu", search="fast")

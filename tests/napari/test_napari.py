@@ -346,6 +346,31 @@ def test_rgb_layer_keeps_colour_and_placement(make_napari_viewer, qtbot, tiny_ch
         np.testing.assert_allclose(out.data_to_world(out_corner), lr.data_to_world(corner), atol=1e-9)
 
 
+def test_search_choice_runs_the_coarse_search(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
+    """The Search choice reaches the core: "coarse (approximate, faster)" gives upscale_nd's
+    coarse-to-fine result, not the exact one."""
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[0:96, 0:96]
+    scene = ((np.sin(yy / 3.0) * np.cos(xx / 5.0) + 1) * 100 + np.random.default_rng(4).random((96, 96)) * 50)
+    scene = scene.astype(np.uint8)
+    lr = viewer.add_image(np.ascontiguousarray(scene[10:34, 20:48]), name="lr")
+    ref = viewer.add_image(scene, name="ref")
+    widget = _widget_for(viewer)
+    _setup(widget, lr, [ref], tiny_checkpoint, monkeypatch)
+    assert widget.search.value == "exact"  # the default
+    assert dict((value, label) for label, value in _widget.SEARCH_CHOICES)["coarse"].startswith("coarse (approximate")
+    widget.search.value = "coarse"
+    widget.run_button.clicked()
+    _wait_idle(qtbot, widget)
+    assert errors == []
+    model = napari_refsr.load_model(tiny_checkpoint, device="cpu")
+    options = dict(spatial_axes=(0, 1), tile=32, device="cpu")
+    coarse = napari_refsr.upscale_nd(model, lr.data, [ref.data], search="coarse", **options).image
+    exact = napari_refsr.upscale_nd(model, lr.data, [ref.data], **options).image
+    np.testing.assert_array_equal(viewer.layers["lr ×4"].data, coarse)
+    assert not np.array_equal(coarse, exact)
+
+
 def test_chosen_axes_and_channel_axis(make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch, errors):
     """(Y, C, X) data: Y and X chosen by the user, the middle axis used as colour channels."""
     viewer = make_napari_viewer()
