@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled
-from .shift_search import DEFAULT_BUDGET, EPS, KeySet, count_steps, patch_norms, plan_steps, search
+from .shift_search import DEFAULT_BUDGET, EPS, KeySet, count_steps, first_max, patch_norms, plan_steps, search
 
 __all__ = ["coarse_search_padded", "coarse_steps", "DEFAULT_FACTOR", "DEFAULT_MARGIN"]
 
@@ -33,12 +33,14 @@ DEFAULT_FACTOR = 2  # pooling of the coarse search: 16× fewer pairs
 DEFAULT_MARGIN = 1  # extra patches on each side of the coarse winner's cell in the refinement
 
 
-def _key_maps(keys: Sequence[torch.Tensor] | KeySet) -> list[torch.Tensor]:
-    """The (C, h, w) float32 key maps (a :class:`KeySet`'s padded operands unpadded and unscaled)."""
+def _key_maps(keys: Sequence[torch.Tensor] | KeySet) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per key: its (C, h, w) float32 map and 1/‖key patch‖ (h, w) — a :class:`KeySet`'s own
+    (operands unpadded and unscaled), else computed."""
     if not isinstance(keys, KeySet):
-        return [k.float() for k in keys]
+        return [(k.float(), 1.0 / patch_norms(F.pad(k.float(), (1, 1, 1, 1)), 3).clamp_min(EPS)) for k in keys]
     r = keys.patch // 2
-    return [k.op[:, r : k.op.shape[1] - r, r : k.op.shape[2] - r].float() * k.scale for k in keys.keys]
+    return [(k.op[:, r : k.op.shape[1] - r, r : k.op.shape[2] - r].float() * k.scale, k.inv_norm)
+            for k in keys.keys]
 
 
 def _cell_rows(n_cells_x: int, channels: int, side_q: int, side_k: int, budget_bytes: int) -> int:
@@ -81,7 +83,8 @@ def coarse_search_padded(
         raise ValueError(f"factor must be ≥ 1 and margin ≥ 0, got {factor} and {margin}")
     if isinstance(keys, KeySet) and keys.patch != 3:
         raise ValueError("the coarse-to-fine search is for 3×3 patches")
-    maps = _key_maps(keys)
+    pairs = _key_maps(keys)
+    maps, inv_norms = [m for m, _ in pairs], [i for _, i in pairs]
     if q_pad.dim() != 3 or not maps or any(k.dim() != 3 or k.shape[0] != q_pad.shape[0] for k in maps):
         raise ValueError("search expects a (C,H,W) query and a non-empty list of (C,h,w) keys with the same C")
     c, hp, wp = q_pad.shape
@@ -117,9 +120,8 @@ def coarse_search_padded(
     border = 1 + margin + factor
     tables, inv_tables, bases, widths, sizes, ref_of = [], [], [], [], [], []
     flat_offset, index_offset = 0, 0
-    for i, k in enumerate(maps):
+    for i, (k, inv) in enumerate(zip(maps, inv_norms)):
         hk, wk = k.shape[1:]
-        inv = 1.0 / patch_norms(F.pad(k, (1, 1, 1, 1)), 3).clamp_min(EPS)
         big = F.pad(k, (border,) * 4)
         tables.append(big.permute(1, 2, 0).reshape(-1, c))
         inv_tables.append(F.pad(inv, (border,) * 4).reshape(-1))  # indexed like the big map
@@ -180,8 +182,7 @@ def coarse_search_padded(
         inside = (cy >= 0) & (cy < k_h[rf].reshape(m, 1, 1)) & (cx >= 0) & (cx < k_w[rf].reshape(m, 1, 1))
         score = (s * inv[:, None, None]).masked_fill(~inside[:, None, None], -math.inf)
         score = score.reshape(m, factor, factor, n * n)
-        val = score.amax(dim=3)
-        pick = (score == val[..., None]).int().argmax(dim=3)  # first = lowest index (row-major window)
+        val, pick = first_max(score)  # ties: the first = the lowest index (the window is row-major)
         gy = ys.reshape(m, 1, 1) + pick // n
         gx = xs.reshape(m, 1, 1) + pick % n
         gidx = i_base[rf].reshape(m, 1, 1) + gy * k_w[rf].reshape(m, 1, 1) + gx

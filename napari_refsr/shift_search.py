@@ -174,7 +174,7 @@ def _product(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, dtype: torch.d
         out.copy_(torch.mm(a, b))
 
 
-def _first_max(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def first_max(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Max over the last dim of ``s`` and the first position holding it (ties: lowest)."""
     val = s.amax(dim=-1)
     return val, (s == val[..., None]).int().argmax(dim=-1)
@@ -189,7 +189,7 @@ def _row_argmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     row_max = s.amax(dim=3)  # (a, b, rows)
     _, row = row_max.max(dim=2)
     win = s.gather(2, row[:, :, None, None].expand(-1, -1, 1, s.shape[3]))[:, :, 0]  # (a, b, cols)
-    val, col = _first_max(win)
+    val, col = first_max(win)
     return val, row, col
 
 
@@ -236,7 +236,7 @@ def _fusable_best(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torc
     best score per key row (a plain max, which vectorises), then the winning row's scores
     recomputed for its column — the part the compiled kernel fuses into passes over the products."""
     _, row = _patch_scores(p4, inv, patch).amax(dim=3).max(dim=2)
-    val, col = _first_max(_row_scores(p4, inv, patch, row))
+    val, col = first_max(_row_scores(p4, inv, patch, row))
     return val, row, col
 
 

@@ -25,6 +25,7 @@ import napari_refsr  # noqa: E402
 from napari_refsr import weights  # noqa: E402
 from napari_refsr._napari import _large, _sample_data, _widget  # noqa: E402
 from napari_refsr._napari._convert import placement  # noqa: E402
+from napari_refsr.shift_search import count_steps, plan_steps  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -160,9 +161,11 @@ def test_widget_upscales_uint16_stack(make_napari_viewer, qtbot, tiny_checkpoint
     assert widget.running
     _wait_idle(qtbot, widget)
     assert errors == []
-    # the whole job's steps: encoding the reference (keys, values), then per slice three search
-    # steps (8 of its 24 rows each) and one tile
-    assert widget.progress.value == widget.progress.max == 2 + 3 * (3 + 1)
+    # the whole job's steps: encoding the reference (keys, values), then per slice its search
+    # steps (the 24×24 query against the 6×7 key grid: two, 12 rows each) and one tile
+    search = count_steps((24, 24), [(6, 7)], plan_steps((24, 24), [(6, 7)]))
+    assert search == 2
+    assert widget.progress.value == widget.progress.max == 2 + 3 * (search + 1)
 
     out = viewer.layers["stack ×4"]
     assert out.data.shape == (3, 96, 96) and out.data.dtype == np.uint16
