@@ -98,6 +98,16 @@ def test_dask_uint16_stack_equals_in_memory(model, stack, stack_expected):
     np.testing.assert_array_equal(got, stack_expected)  # exact: same tiles, weights and window
 
 
+def test_dask_coarse_search_equals_in_memory(model, stack, stack_expected):
+    """The approximate search out of core: the chunks search the in-memory run's cells, so
+    ``search="coarse"`` gives the in-memory coarse result exactly (and not the exact search's)."""
+    lr, ref = stack
+    expected = napari_refsr.upscale_nd(model, lr, ref, tile=TILE, overlap=OVERLAP, search="coarse").image
+    got = _upscale_dask(model, da.from_array(lr, chunks=(1, 30, 50)), ref, search="coarse").compute()
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, stack_expected)
+
+
 def test_rgba_channels_first_axis_order_equals_in_memory(model):
     lr = _textured((77, 81, 4), 255).astype(np.uint8)  # 2×2 chunks: 40 + 37 rows (halo 37)
     ref = _textured((36, 40, 3), 255).astype(np.uint8)
