@@ -41,7 +41,7 @@ from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Track
 from .phases import check_phases, phase_views, resolve_phases
 from .resize import down_up, resize_bicubic
 from .search import decode_index
-from .coarse_search import DEFAULT_FACTOR, coarse_steps
+from .coarse_search import DEFAULT_FACTOR, coarse_steps, prepare_coarse_keys
 from .shift_search import count_steps, plan_steps, prepare_keys, use_fused
 from .tiling import Blender, Tile, grow, intersects, plan_cells, plan_tiles
 
@@ -125,7 +125,11 @@ class _Engine:
                 tracker.start(ENCODING, self.encode_steps)
             self.bank = self.net.encode_references(refs, refs_du, step=tracker.step if tracker else None)[0]
         self._copies = ([], [])
-        self.keys = prepare_keys(self.bank.keys, product_dtype=self.product)
+        if self.approximate and self.bank.keys[0].shape[0] != self.net.search_channels:  # its steps count on it
+            raise RuntimeError(f"{type(self.net).__name__}.search_channels is {self.net.search_channels}, "
+                               f"its features have {self.bank.keys[0].shape[0]}")
+        self.keys = (prepare_coarse_keys(self.bank.keys) if self.approximate
+                     else prepare_keys(self.bank.keys, product_dtype=self.product))
 
     def cell_query(self, lr: Prepared, cell: Tile) -> torch.Tensor:
         """Level-3 features of ``cell`` with their 1-pixel ring (C, h+2, w+2): computed on the

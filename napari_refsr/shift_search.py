@@ -284,7 +284,7 @@ def _best_fused(p4: torch.Tensor, inv: torch.Tensor, patch: int) -> tuple[torch.
     """(val, row, col) (qb, w) like :func:`_row_argmax` of the scores, by the compiled kernel."""
     kernel = _fused_kernel()
     # sizes 0/1 would compile a kernel of their own; a kernel that failed earlier is not retried
-    if kernel is not None and min(inv.shape) >= 2 and p4.shape[0] > patch:
+    if kernel is not None and min(inv.shape) >= 2 and min(p4.shape[:2]) > patch:
         from torch.fx.experimental import _config as fx_config
 
         try:  # no "duck" shapes: sizes that happen to be equal get their own symbols (no recompilation)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_refsr import search as ts
-from napari_refsr.coarse_search import coarse_search_padded, coarse_steps
+from napari_refsr.coarse_search import coarse_search_padded, coarse_steps, prepare_coarse_keys
 from napari_refsr.errors import Cancelled
 from napari_refsr.shift_search import prepare_keys
 
@@ -96,3 +96,24 @@ def test_bad_options_are_refused(options, match):
 def test_other_patch_sizes_are_refused():
     with pytest.raises(ValueError, match="3×3"):
         coarse_search_padded(torch.zeros(4, 10, 10), prepare_keys([torch.ones(4, 8, 8)], patch=5))
+
+
+def test_nan_queries_keep_a_valid_index():
+    """A query patch with NaN scores everywhere keeps its cell's coarse winner: a valid index on the
+    map (the texture transfer must not read outside the references); the pipeline reports NaN later."""
+    q = smooth(4, 6, 6, seed=13)
+    q[:, 2, 2] = float("nan")
+    keys = [smooth(4, 8, 8, seed=14), smooth(4, 8, 8, seed=15)]
+    _, idx = coarse(q, keys)
+    assert int(idx.min()) >= 0 and int(idx.max()) < 2 * 64
+
+
+def test_prepared_coarse_keys_are_reused():
+    """Keys made ready once (what the pipeline does per job) give the same answer for every piece."""
+    scene = smooth(8, 60, 60, seed=16)
+    keys = [scene[:, 20:58, 2:40], scene[:, :25, 30:]]
+    ready = prepare_coarse_keys(keys)
+    for q in (scene[:, 5:30, 7:33], scene[:, 30:41, 0:17]):
+        once, fresh = coarse(q, ready), coarse(q, keys)
+        assert torch.equal(once[1], fresh[1])
+        torch.testing.assert_close(once[0], fresh[0], atol=1e-6, rtol=1e-6)
