@@ -14,8 +14,7 @@ from pathlib import Path
 from .errors import RefSRError
 from .model import RefSRModel, load_model
 
-from .defaults import MIN_TILE  # LR pixels: smaller tiles leave the search almost no context
-from .defaults import SEARCH_MODES
+from .defaults import MIN_TILE, SEARCH_MODES  # MIN_TILE: smaller tiles leave the search almost no context
 MIN_SEARCH_BUDGET = 16 * 2**20  # bytes; below this the chunked search crawls
 
 __all__ = ["MIN_TILE", "MIN_SEARCH_BUDGET", "check_int", "check_tile", "check_overlap", "check_percentiles",

@@ -41,7 +41,7 @@ from .progress import ENCODING, SEARCHING, TILES, Cancel, Phase, Progress, Track
 from .phases import check_phases, phase_views, resolve_phases
 from .resize import down_up, resize_bicubic
 from .search import decode_index
-from .coarse_search import DEFAULT_FACTOR, coarse_steps, prepare_coarse_keys
+from .coarse_search import coarse_steps, prepare_coarse_keys
 from .shift_search import count_steps, plan_steps, prepare_keys, use_fused
 from .tiling import Blender, Tile, grow, intersects, plan_cells, plan_tiles
 
@@ -189,7 +189,7 @@ def search_cells(engine: _Engine, lr: Prepared, cells: Sequence[Tile], *, budget
     n_keys = sum(h * w for h, w in engine.ref_shapes)
     work = sum((c.y1 - c.y0) * (c.x1 - c.x0) for c in cells) * n_keys * engine.bank.keys[0].shape[0]
     if engine.approximate:
-        work /= DEFAULT_FACTOR**4  # the coarse search's pairs
+        work /= engine.keys.factor**4  # the coarse search's pairs
     fuse = use_fused(None, torch.device(dev), work)
     for cell in cells:
         with torch.inference_mode():
