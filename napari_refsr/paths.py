@@ -7,7 +7,6 @@ links, ``dir/../dir/x``) or, for files not yet written, to the same absolute pat
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterable
 
 from .errors import RefSRError
