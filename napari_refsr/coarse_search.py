@@ -37,10 +37,10 @@ DEFAULT_MARGIN = 1  # extra patches on each side of the coarse winner's cell in 
 
 
 def _key_maps(keys: Sequence[torch.Tensor] | KeySet) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per key: its (C, h, w) float32 map and 1/‖key patch‖ (h, w) — a :class:`KeySet`'s own
-    (operands unpadded and unscaled), else computed."""
+    """Per key: its (C, h, w) float32 map and 1/‖key patch‖ (h, w), from the exact search's
+    :class:`KeySet` (operands unpadded and unscaled; made here from plain maps)."""
     if not isinstance(keys, KeySet):
-        return [(k.float(), 1.0 / patch_norms(F.pad(k.float(), (1, 1, 1, 1)), 3).clamp_min(EPS)) for k in keys]
+        keys = prepare_keys(keys)
     if keys.patch != 3:
         raise ValueError("the coarse-to-fine search is for 3×3 patches")
     return [(k.op[:, 1:-1, 1:-1].float() * k.scale, k.inv_norm) for k in keys.keys]
@@ -57,7 +57,6 @@ class CoarseKeys:
     table: torch.Tensor  # (Σ padded pixels, C) float32
     inv_table: torch.Tensor  # (Σ padded pixels,) float32
     shapes: list[tuple[int, int]]  # (h, w) of each key map
-    pooled_shapes: list[tuple[int, int]]
     factor: int
     margin: int
     border: int  # zero pixels around each map in the table
@@ -76,9 +75,7 @@ def prepare_coarse_keys(keys: Sequence[torch.Tensor] | KeySet, *, factor: int = 
     """:class:`CoarseKeys` of (C, h_i, w_i) key maps (or of an exact search's :class:`KeySet`)."""
     if factor < 1 or margin < 0:
         raise ValueError(f"factor must be ≥ 1 and margin ≥ 0, got {factor} and {margin}")
-    pairs = _key_maps(keys)
-    if not pairs or any(k.dim() != 3 or k.shape[0] != pairs[0][0].shape[0] for k, _ in pairs):
-        raise ValueError("search expects a non-empty list of (C,h,w) keys with the same C")
+    pairs = _key_maps(keys)  # checked by prepare_keys: non-empty, (C, h, w), one C
     c, dev = pairs[0][0].shape[0], pairs[0][0].device
     border = 1 + margin + factor
     shapes = [tuple(k.shape[1:]) for k, _ in pairs]
@@ -103,7 +100,7 @@ def prepare_coarse_keys(keys: Sequence[torch.Tensor] | KeySet, *, factor: int = 
         return torch.tensor(values, device=dev)
 
     return CoarseKeys(
-        pooled=prepare_keys(pooled), table=table, inv_table=inv_table, shapes=shapes, pooled_shapes=pooled_shapes,
+        pooled=prepare_keys(pooled), table=table, inv_table=inv_table, shapes=shapes,
         factor=factor, margin=margin, border=border, ref_of=torch.cat(ref_of),
         table_base=starts(padded), table_width=column([w + 2 * border for _, w in shapes]),
         index_base=starts([h * w for h, w in shapes]), heights=column([h for h, _ in shapes]),
